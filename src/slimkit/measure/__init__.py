@@ -1,0 +1,4 @@
+"""Measurement (filled in below)."""
+from slimkit.measure._accuracy import accuracy
+
+__all__ = ["accuracy"]
