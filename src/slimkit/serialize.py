@@ -21,14 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_model as _save_safetensors
+from safetensors.torch import load_file
+from safetensors.torch import save_model as _save_safetensors
 from torch import nn
 
 from slimkit._io import atomic_path, write_json
 from slimkit.errors import SerializationError
 from slimkit.models import ModelSpec, create_model
 
-__all__ = ["FORMAT", "MODEL_FILE", "SPEC_FILE", "load_model", "model_spec", "save_model", "save_weights"]
+__all__ = [
+    "FORMAT",
+    "MODEL_FILE",
+    "SPEC_FILE",
+    "load_model",
+    "model_spec",
+    "save_model",
+    "save_weights",
+]
 
 FORMAT = "slimkit-model"
 VERSION = 1
@@ -41,9 +50,10 @@ def model_spec(model: nn.Module) -> ModelSpec:
     spec = getattr(model, "slimkit_spec", None)
     if not isinstance(spec, ModelSpec):
         raise SerializationError(
-            f"{type(model).__name__} was not built by slimkit.models.create_model, so its structure "
-            "cannot be saved as data. Register its builder with @slimkit.models.register_model and "
-            "create it with create_model(name), or save only its weights with save_weights()."
+            f"{type(model).__name__} was not built by slimkit.models.create_model, so its "
+            "structure cannot be saved as data. Register its builder with "
+            "@slimkit.models.register_model and create it with create_model(name), or save only "
+            "its weights with save_weights()."
         )
     return spec
 
@@ -65,7 +75,10 @@ def save_model(model: nn.Module, folder: str | Path) -> Path:
     spec = model_spec(model)
     folder = Path(folder)
     save_weights(model, folder / MODEL_FILE)
-    write_json(folder / SPEC_FILE, {"format": FORMAT, "version": VERSION, "model": _jsonable(spec.to_dict())})
+    write_json(
+        folder / SPEC_FILE,
+        {"format": FORMAT, "version": VERSION, "model": _jsonable(spec.to_dict())},
+    )
     return folder
 
 
@@ -93,6 +106,15 @@ def load_model(folder: str | Path) -> nn.Module:
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise SerializationError(
+            f"{path} does not match the model's structure: {len(wrong)} tensor(s) differ in shape, "
+            f"e.g. {k} is {tuple(state[k].shape)} in the file and "
+            f"{tuple(expected[k].shape)} in the model."
+        )
     # Tied weights are stored once by safetensors; strict=False then check what is really missing.
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - set(
@@ -101,7 +123,8 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
     missing = [m for m in missing if m not in tied]
     if missing or unexpected:
         raise SerializationError(
-            f"{path} does not match the model's structure: missing {missing[:5]}, unexpected {unexpected[:5]}."
+            f"{path} does not match the model's structure: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}."
         )
 
 

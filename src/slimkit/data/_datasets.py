@@ -35,7 +35,9 @@ class DataConfig(Config):
 _LOADERS: dict[str, Callable[[DataConfig], DataSplits]] = {}
 
 
-def register_dataset(name: str) -> Callable[[Callable[[DataConfig], DataSplits]], Callable[[DataConfig], DataSplits]]:
+def register_dataset(
+    name: str,
+) -> Callable[[Callable[[DataConfig], DataSplits]], Callable[[DataConfig], DataSplits]]:
     """Register a function ``DataConfig -> DataSplits`` under ``name``."""
 
     def deco(fn: Callable[[DataConfig], DataSplits]) -> Callable[[DataConfig], DataSplits]:
@@ -55,7 +57,9 @@ def load_dataset(config: DataConfig | str) -> DataSplits:
     if isinstance(config, str):
         config = DataConfig(name=config)
     if config.name not in _LOADERS:
-        raise ConfigError(f"unknown data set {config.name!r}; available: {', '.join(list_datasets())}.")
+        raise ConfigError(
+            f"unknown data set {config.name!r}; available: {', '.join(list_datasets())}."
+        )
     return _LOADERS[config.name](config)
 
 

@@ -84,7 +84,10 @@ def _download(folder: Path) -> Path:
         target = folder / name
         if target.is_file():
             continue
-        with urllib.request.urlopen(OFFICIAL_URL + name, timeout=30) as resp, atomic_path(target) as tmp:
+        with (
+            urllib.request.urlopen(OFFICIAL_URL + name, timeout=30) as resp,
+            atomic_path(target) as tmp,
+        ):
             tmp.write_bytes(resp.read())
     return folder
 
@@ -113,7 +116,9 @@ def load_fashion_mnist(
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
 
 
-def _check(split: str, image_file: Path, images: np.ndarray, label_file: Path, labels: np.ndarray) -> None:
+def _check(
+    split: str, image_file: Path, images: np.ndarray, label_file: Path, labels: np.ndarray
+) -> None:
     n = SIZES[split]
     if images.shape != (n, 28, 28):
         raise DataError(f"{image_file}: expected {n} images of 28x28, found shape {images.shape}.")

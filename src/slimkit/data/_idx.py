@@ -31,14 +31,18 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         raw = _read_bytes(path)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DataError(f"cannot read {path}: {exc}. Delete the file so it can be fetched again.") from exc
+        raise DataError(
+            f"cannot read {path}: {exc}. Delete the file so it can be fetched again."
+        ) from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}).")
     dtype = _DTYPES[raw[2]]
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path} is truncated: its header needs {header} bytes, file has {len(raw)}.")
+        raise DataError(
+            f"{path} is truncated: its header needs {header} bytes, file has {len(raw)}."
+        )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:

@@ -116,7 +116,9 @@ class DataSplits:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def train_loader(self, batch_size: int, *, augment: bool = False, seed: int = 0) -> TensorLoader:
+    def train_loader(
+        self, batch_size: int, *, augment: bool = False, seed: int = 0
+    ) -> TensorLoader:
         """Shuffled training batches (the last partial batch dropped, for stable BatchNorm)."""
         return TensorLoader(
             self.train_inputs, self.train_labels, batch_size,

@@ -37,10 +37,14 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """A small ResNet: a 3x3 stem, stages of basic blocks, global pooling, a linear head."""
 
-    def __init__(self, widths: Sequence[int], blocks: Sequence[int], num_classes: int, in_ch: int) -> None:
+    def __init__(
+        self, widths: Sequence[int], blocks: Sequence[int], num_classes: int, in_ch: int
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_ch, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            nn.Conv2d(in_ch, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
         )
         stages, prev = [], widths[0]
         for i, (width, depth) in enumerate(zip(widths, blocks, strict=True)):
@@ -66,7 +70,12 @@ def fmnist_resnet(
 
 
 @register_model(input_shape=FMNIST_SHAPE, num_classes=10)
-def fmnist_cnn(channels: Sequence[int] = (32, 64), hidden: int = 1024, dropout: float = 0.4, num_classes: int = 10) -> nn.Module:
+def fmnist_cnn(
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 1024,
+    dropout: float = 0.4,
+    num_classes: int = 10,
+) -> nn.Module:
     """The Fashion-MNIST benchmark's convnet: two 5x5 conv+pool layers, a 1024-unit dense layer."""
     c1, c2 = channels
     return nn.Sequential(

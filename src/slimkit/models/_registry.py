@@ -25,6 +25,7 @@ class ModelInfo:
     num_classes: int | None
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,15 @@ _MODELS: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    *, input_shape: tuple[int, ...], num_classes: int | None = None
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int | None = None,
+    train_defaults: dict[str, Any] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register a builder under its function name; its docstring's first line describes it.
+
+    ``train_defaults`` are the :class:`~slimkit.train.TrainConfig` fields of the model's reference
+    training (what ``slimkit train`` uses unless told otherwise).
 
     Example:
         >>> from torch import nn
@@ -62,7 +69,9 @@ def register_model(
 
     def deco(fn: Builder) -> Builder:
         params = inspect.signature(fn).parameters
-        defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+        defaults = {
+            k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty
+        }
         doc = (inspect.getdoc(fn) or "").splitlines()
         _MODELS[fn.__name__] = ModelInfo(
             name=fn.__name__,
@@ -71,6 +80,7 @@ def register_model(
             num_classes=num_classes,
             description=doc[0] if doc else "",
             defaults=defaults,
+            train_defaults=dict(train_defaults or {}),
         )
         return fn
 
@@ -87,7 +97,9 @@ def model_info(name: str) -> ModelInfo:
     try:
         return _MODELS[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}.") from None
+        raise ConfigError(
+            f"unknown model {name!r}; registered models: {', '.join(list_models())}."
+        ) from None
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -99,7 +111,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     unknown = set(kwargs) - set(info.defaults)
     if unknown:
         raise ConfigError(
-            f"model {name!r} has no argument(s) {sorted(unknown)}; it takes: {sorted(info.defaults)}."
+            f"model {name!r} has no argument(s) {sorted(unknown)}; "
+            f"it takes: {sorted(info.defaults)}."
         )
     model = info.builder(**kwargs)
     model.slimkit_spec = ModelSpec(name, dict(kwargs))

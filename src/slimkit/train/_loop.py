@@ -59,7 +59,8 @@ def train(
         >>> from slimkit.data import load_dataset, DataConfig
         >>> from slimkit.models import create_model
         >>> data = load_dataset(DataConfig(train_subset=512, test_subset=256))  # doctest: +SKIP
-        >>> result = train(create_model("fmnist_tiny"), TrainConfig(epochs=1), data)  # doctest: +SKIP
+        >>> tiny = create_model("fmnist_tiny")
+        >>> result = train(tiny, TrainConfig(epochs=1), data)  # doctest: +SKIP
         >>> 0.0 <= result.test_accuracy <= 1.0  # doctest: +SKIP
         True
     """
@@ -70,10 +71,14 @@ def train(
 
 
 class _Trainer:
-    def __init__(self, model: nn.Module, config: TrainConfig, data: DataSplits, objective: Objective) -> None:
+    def __init__(
+        self, model: nn.Module, config: TrainConfig, data: DataSplits, objective: Objective
+    ) -> None:
         seed_everything(config.seed)
         self.config, self.data, self.objective = config, data, objective
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.memory_format = (
+            torch.channels_last if config.channels_last else torch.contiguous_format
+        )
         self.model = model.to(memory_format=self.memory_format)
         self.loader = data.train_loader(config.batch_size, augment=config.augment, seed=config.seed)
         self.optimizer = _optimizer(self.model, config)
@@ -81,7 +86,9 @@ class _Trainer:
         self.scheduler = _scheduler(self.optimizer, config, total_steps)
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
-        self.fingerprint = hashlib.sha256(config.model_dump_json(exclude={"resume", "threads"}).encode()).hexdigest()
+        self.fingerprint = hashlib.sha256(
+            config.model_dump_json(exclude={"resume", "threads"}).encode()
+        ).hexdigest()
         if config.checkpoint_dir is not None and config.resume:
             self._resume()
 
@@ -98,7 +105,10 @@ class _Trainer:
                 self._checkpoint(epoch)
             elapsed = (time.perf_counter() - start) / 60
             if self.config.max_minutes is not None and elapsed >= self.config.max_minutes:
-                log(f"stopping after epoch {epoch + 1}: the {self.config.max_minutes} min budget is spent")
+                log(
+                    f"stopping after epoch {epoch + 1}: "
+                    f"the {self.config.max_minutes} min budget is spent"
+                )
                 break
         self.model.eval()
         self.model = self.model.to(memory_format=torch.contiguous_format)
@@ -109,12 +119,17 @@ class _Trainer:
         self.loader.set_epoch(epoch)
         start, total_loss, steps = time.perf_counter(), 0.0, 0
         with progress() as bar:
-            task = bar.add_task(f"epoch {epoch + 1}/{self.config.epochs}", total=len(self.loader), status="")
+            task = bar.add_task(
+                f"epoch {epoch + 1}/{self.config.epochs}", total=len(self.loader), status=""
+            )
             for inputs, labels in self.loader:
-                loss = self.objective(self.model, inputs.contiguous(memory_format=self.memory_format), labels)
+                loss = self.objective(
+                    self.model, inputs.contiguous(memory_format=self.memory_format), labels
+                )
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(
-                        f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower the learning rate."
+                        f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
+                        "lower the learning rate."
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -150,7 +165,10 @@ class _Trainer:
         if state is None:
             return
         if state["fingerprint"] != self.fingerprint:
-            log(f"ignoring checkpoint in {self.config.checkpoint_dir}: it was written with another config")
+            log(
+                f"ignoring checkpoint in {self.config.checkpoint_dir}: "
+                "it was written with another config"
+            )
             return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -165,15 +183,24 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     # Decay only weight matrices and kernels; decaying biases and norm scales hurts small models.
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0
+    )
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.15)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.15
+        )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

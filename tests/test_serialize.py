@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit.errors import SerializationError
+from slimkit.models import create_model
+from slimkit.serialize import MODEL_FILE, SPEC_FILE, load_model, save_model
+
+
+def test_reload_gives_identical_outputs_on_real_images(tmp_path: Path, fmnist_small) -> None:
+    model = create_model("fmnist_resnet", widths=[8, 16, 24])
+    # Non-trivial BatchNorm statistics, so buffers must round-trip too.
+    model.train()
+    with torch.no_grad():
+        model(fmnist_small.train_inputs[:256])
+    model.eval()
+    folder = save_model(model, tmp_path / "m")
+    again = load_model(folder)
+    x = fmnist_small.test_inputs[:64]
+    assert torch.equal(model(x), again(x))
+    assert json.loads((folder / SPEC_FILE).read_text())["model"]["kwargs"] == {
+        "widths": [8, 16, 24]
+    }
+
+
+def test_model_without_spec_is_refused_with_a_way_out(tmp_path: Path) -> None:
+    with pytest.raises(SerializationError, match="register_model"):
+        save_model(nn.Linear(2, 2), tmp_path)
+
+
+def test_incomplete_folder_and_mismatched_weights(tmp_path: Path) -> None:
+    with pytest.raises(SerializationError, match=SPEC_FILE):
+        load_model(tmp_path)
+    save_model(create_model("fmnist_tiny"), tmp_path)
+    spec = json.loads((tmp_path / SPEC_FILE).read_text())
+    spec["model"]["kwargs"] = {"widths": [4, 4, 4]}
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    with pytest.raises(SerializationError, match="does not match"):
+        load_model(tmp_path)
+    assert (tmp_path / MODEL_FILE).is_file()
