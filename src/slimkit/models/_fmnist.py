@@ -38,11 +38,16 @@ class ResNet(nn.Module):
     """A small ResNet: a 3x3 stem, stages of basic blocks, global pooling, a linear head."""
 
     def __init__(
-        self, widths: Sequence[int], blocks: Sequence[int], num_classes: int, in_ch: int
+        self,
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        num_classes: int,
+        in_ch: int,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_ch, widths[0], 3, 1, 1, bias=False),
+            nn.Conv2d(in_ch, widths[0], 3, stem_stride, 1, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         )
@@ -63,10 +68,13 @@ class ResNet(nn.Module):
 
 @register_model(input_shape=FMNIST_SHAPE, num_classes=10)
 def fmnist_resnet(
-    widths: Sequence[int] = (32, 64, 128), blocks: Sequence[int] = (1, 1, 1), num_classes: int = 10
+    widths: Sequence[int] = (32, 64, 128),
+    blocks: Sequence[int] = (1, 1, 1),
+    stem_stride: int = 1,
+    num_classes: int = 10,
 ) -> nn.Module:
     """A small ResNet (BatchNorm, residual adds, projection shortcuts) for 28x28 images."""
-    return ResNet(widths, blocks, num_classes, in_ch=FMNIST_SHAPE[0])
+    return ResNet(widths, blocks, num_classes, in_ch=FMNIST_SHAPE[0], stem_stride=stem_stride)
 
 
 @register_model(input_shape=FMNIST_SHAPE, num_classes=10)

@@ -1,0 +1,24 @@
+"""Pruning: remove channels, filters, heads and neurons so the model really gets smaller.
+
+Structured pruning reads the model through the shared dependency graph
+(:mod:`slimkit.graph`), so coupled channels (across residual adds, concatenations, grouped and
+depthwise convolutions, norms and flatten-to-linear) are removed together and the result is a
+plain, smaller ``nn.Module``.
+
+Example:
+    >>> import torch
+    >>> import slimkit.prune as sp
+    >>> from slimkit.models import create_model
+    >>> model = create_model("fmnist_resnet")
+    >>> small = sp.prune(model, sp.StructuredConfig(keep=0.5), torch.zeros(1, 1, 28, 28))
+    >>> sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    True
+"""
+
+from __future__ import annotations
+
+from slimkit.prune._config import StructuredConfig
+from slimkit.prune._importance import register_importance, unit_scores
+from slimkit.prune._structured import PruneStep, prune
+
+__all__ = ["PruneStep", "StructuredConfig", "prune", "register_importance", "unit_scores"]

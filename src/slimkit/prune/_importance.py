@@ -1,0 +1,119 @@
+"""Importance of every removable unit: which channels matter least."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from slimkit.data import DataSplits
+from slimkit.graph import DependencyGraph
+from slimkit.prune._config import StructuredConfig
+
+Scorer = Callable[
+    [nn.Module, DependencyGraph, StructuredConfig, DataSplits | None], list[np.ndarray]
+]
+_SCORERS: dict[str, Scorer] = {}
+
+
+def register_importance(name: str) -> Callable[[Scorer], Scorer]:
+    """Register a scorer: ``(model, graph, config, data) -> one score array per group``."""
+
+    def deco(fn: Scorer) -> Scorer:
+        _SCORERS[name] = fn
+        return fn
+
+    return deco
+
+
+def unit_scores(
+    model: nn.Module, graph: DependencyGraph, config: StructuredConfig, data: DataSplits | None
+) -> list[np.ndarray]:
+    """Scores of the units of every group of ``graph`` (higher: more important)."""
+    return _SCORERS[config.importance](model, graph, config, data)
+
+
+def _slice_sums(
+    graph: DependencyGraph, tensors: dict[str, Tensor], power: int, weights_only: bool
+) -> list[np.ndarray]:
+    """Sum of |t|^power over each unit's slices of the given tensors."""
+    reduced: dict[tuple[str, int], np.ndarray] = {}
+
+    def per_index(fqn: str, dim: int) -> np.ndarray:
+        if (fqn, dim) not in reduced:
+            t = tensors[fqn].detach().abs().float() ** power
+            other = [d for d in range(t.ndim) if d != dim]
+            reduced[(fqn, dim)] = (t.sum(dim=other) if other else t).numpy()
+        return reduced[(fqn, dim)]
+
+    out = []
+    for group in graph.groups:
+        scores = np.zeros(group.size)
+        for i, unit in enumerate(group.units):
+            for s in unit.slices:
+                if s.fqn in tensors and (not weights_only or tensors[s.fqn].ndim > 1):
+                    scores[i] += per_index(s.fqn, s.dim)[list(s.indices)].sum()
+        out.append(scores)
+    return out
+
+
+def _magnitude(model: nn.Module, graph: DependencyGraph, power: int) -> list[np.ndarray]:
+    params = dict(model.named_parameters())
+    scores = _slice_sums(graph, params, power, weights_only=True)
+    fallback = _slice_sums(graph, params, power, weights_only=False)
+    # Groups touching no weight matrix (only norms or biases) use those instead.
+    return [s if s.any() else f for s, f in zip(scores, fallback, strict=True)]
+
+
+@register_importance("l1")
+def _l1(model, graph, config, data):
+    return _magnitude(model, graph, 1)
+
+
+@register_importance("l2")
+def _l2(model, graph, config, data):
+    return [np.sqrt(s) for s in _magnitude(model, graph, 2)]
+
+
+@register_importance("random")
+def _random(model, graph, config, data):
+    rng = np.random.default_rng(config.seed)
+    return [rng.random(g.size) for g in graph.groups]
+
+
+@register_importance("bn_scale")
+def _bn_scale(model, graph, config, data):
+    gammas = {
+        f"{name}.weight" if name else "weight": m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+    }
+    scores = _slice_sums(graph, gammas, 1, weights_only=False)
+    magnitude = _l2(model, graph, config, data)
+    return [s if s.any() else m for s, m in zip(scores, magnitude, strict=True)]
+
+
+@register_importance("taylor")
+def _taylor(model, graph, config, data):
+    if data is None:
+        raise ValueError(
+            "taylor importance needs data: pass data= (calibration batches with labels)"
+        )
+    params = dict(model.named_parameters())
+    saliency = {name: torch.zeros_like(p) for name, p in params.items()}
+    was_training = model.training
+    model.eval()  # batch statistics of a few batches would distort BN; gradients are what we need
+    loader = data.train_loader(64, seed=config.seed)
+    for i, (inputs, labels) in enumerate(loader):
+        if i >= config.calibration_batches:
+            break
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(inputs), labels).backward()
+        for name, p in params.items():
+            if p.grad is not None:
+                saliency[name] += (p.detach() * p.grad).abs()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return _slice_sums(graph, saliency, 1, weights_only=False)
