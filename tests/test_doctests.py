@@ -12,6 +12,7 @@ MODULES = [
     "slimkit.config",
     "slimkit.data",
     "slimkit.data._loader",
+    "slimkit.data._text",
     "slimkit.models",
     "slimkit.models._registry",
     "slimkit.serialize",

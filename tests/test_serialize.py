@@ -43,3 +43,17 @@ def test_incomplete_folder_and_mismatched_weights(tmp_path: Path) -> None:
     with pytest.raises(SerializationError, match="does not match"):
         load_model(tmp_path)
     assert (tmp_path / MODEL_FILE).is_file()
+
+
+def test_pruned_model_round_trips_as_structure_edits(tmp_path: Path, fmnist_small) -> None:
+    from slimkit.prune import StructuredConfig, prune
+
+    model = create_model("fmnist_resnet", widths=[8, 16, 24]).eval()
+    small = prune(model, StructuredConfig(keep=0.5), fmnist_small.example_input(1)).eval()
+    folder = save_model(small, tmp_path / "pruned")
+    structure = json.loads((folder / SPEC_FILE).read_text())["structure"]
+    assert structure["shapes"] and "stem.0" in structure["attributes"]
+    again = load_model(folder)
+    assert again.stem[0].out_channels == small.stem[0].out_channels < 8
+    x = fmnist_small.test_inputs[:32]
+    assert torch.equal(small(x), again(x))

@@ -1,7 +1,9 @@
 """Save and load models as data: safetensors weights plus a JSON description of the structure.
 
 Nothing is pickled: the structure is rebuilt from the model registry (name and keyword
-arguments), then the weights are loaded from safetensors.
+arguments), then reshaped by the recorded edits (the shapes of tensors that pruning changed and
+the module attributes that changed with them, such as ``out_channels``), then the weights are
+loaded from safetensors.
 
 Example:
     >>> import tempfile, torch
@@ -73,13 +75,72 @@ def save_model(model: nn.Module, folder: str | Path) -> Path:
     The JSON is written last, so a folder with a ``model.json`` always holds matching weights.
     """
     spec = model_spec(model)
+    structure = structure_edits(create_model(spec.name, **spec.kwargs), model)
     folder = Path(folder)
     save_weights(model, folder / MODEL_FILE)
-    write_json(
-        folder / SPEC_FILE,
-        {"format": FORMAT, "version": VERSION, "model": _jsonable(spec.to_dict())},
-    )
+    meta = {"format": FORMAT, "version": VERSION, "model": _jsonable(spec.to_dict())}
+    write_json(folder / SPEC_FILE, {**meta, "structure": structure})
     return folder
+
+
+def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
+    """How ``model`` differs from a fresh ``reference`` of the same spec, as JSON data.
+
+    ``shapes`` lists tensors whose shape changed, ``attributes`` the plain-valued module
+    attributes (ints, floats, strings, tuples of them) that changed; that is all structured
+    pruning changes. A replaced module cannot be described this way and is refused.
+    """
+    ref_modules = dict(reference.named_modules())
+    attributes: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        ref = ref_modules.get(name)
+        if ref is None or type(ref) is not type(module):
+            raise SerializationError(
+                f"module {name!r} is a {type(module).__name__} but the registered model has "
+                f"{type(ref).__name__ if ref is not None else 'nothing'} there: only resized "
+                "modules can be saved as structure edits."
+            )
+        changed = {
+            k: _jsonable(v)
+            for k, v in vars(module).items()
+            if not k.startswith("_") and _plain(v) and vars(ref).get(k) != v
+        }
+        if changed:
+            attributes[name] = changed
+    ref_tensors = _tensors(reference)
+    shapes = {
+        fqn: list(t.shape)
+        for fqn, t in _tensors(model).items()
+        if fqn in ref_tensors and ref_tensors[fqn].shape != t.shape
+    }
+    return {"shapes": shapes, "attributes": attributes}
+
+
+def _apply_structure(model: nn.Module, structure: dict[str, Any]) -> None:
+    for fqn, shape in structure.get("shapes", {}).items():
+        module_name, _, attr = fqn.rpartition(".")
+        module = model.get_submodule(module_name)
+        old = getattr(module, attr)
+        new = torch.empty(shape, dtype=old.dtype)
+        if isinstance(old, nn.Parameter):
+            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module._buffers[attr] = new
+    for name, attrs in structure.get("attributes", {}).items():
+        module = model.get_submodule(name)
+        for key, value in attrs.items():
+            current = getattr(module, key, None)
+            setattr(module, key, tuple(value) if isinstance(current, tuple) else value)
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return dict(model.named_parameters()) | dict(model.named_buffers())
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, bool | int | float | str):
+        return True
+    return isinstance(value, tuple | list) and all(isinstance(v, bool | int | float | str) for v in value)
 
 
 def load_model(folder: str | Path) -> nn.Module:
@@ -101,6 +162,7 @@ def load_model(folder: str | Path) -> nn.Module:
         )
     spec = meta["model"]
     model = create_model(spec["name"], **spec.get("kwargs", {}))
+    _apply_structure(model, meta.get("structure", {}))
     _load_state(model, load_file(str(weights_path)), weights_path)
     return model.eval()
 

@@ -139,7 +139,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
         att = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v
-        x = x + self.out(att.transpose(1, 2).reshape(x.shape))
+        x = x + self.out(att.transpose(1, 2).reshape(*x.shape[:2], -1))
         return x + self.ffn(x)
 
 

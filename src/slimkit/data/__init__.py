@@ -15,6 +15,7 @@ from slimkit.data._datasets import DataConfig, list_datasets, load_dataset, regi
 from slimkit.data._fashion_mnist import load_fashion_mnist, locate_fashion_mnist
 from slimkit.data._idx import read_idx
 from slimkit.data._loader import DataSplits, TensorLoader
+from slimkit.data._text import text_samples
 
 __all__ = [
     "DataConfig",
@@ -26,4 +27,5 @@ __all__ = [
     "locate_fashion_mnist",
     "read_idx",
     "register_dataset",
+    "text_samples",
 ]

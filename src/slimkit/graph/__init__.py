@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from slimkit.graph import _attention, _recurrent, _rules  # noqa: F401  (registers the rules)
 from slimkit.graph._capture import CapturedGraph, CaptureError, capture
 from slimkit.graph._depgraph import (
     ChannelGroup,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils import _pytree
 
 from slimkit.errors import ConfigError, SlimkitError
 from slimkit.graph._capture import CapturedGraph, capture
@@ -60,42 +61,49 @@ class ChannelGroup:
         return {(s.fqn, s.dim) for s in self.units[0].slices}
 
 
+@dataclass(frozen=True)
+class _HeadSplit:
+    """Where a module cut a tensor into heads, and which unit each head is."""
+
+    module: str
+    heads: int
+    head_dim: int
+    units: tuple[tuple[int, int] | None, ...]  # (group, position) per head; None: kept
+
+
 class DependencyGraph:
     """Coupled channels of a captured model.
 
     Build it with :func:`build_dependency_graph`; ``groups`` lists what can be removed, and
     :meth:`prune` returns a physically smaller copy of the model without the chosen units.
+    ``notes`` says what was kept and why (ignored modules, code that cannot lose heads).
     """
 
     def __init__(self, model: nn.Module, captured: CapturedGraph, prop: Propagation) -> None:
         self.captured = captured
         self.propagation = prop
-        self.groups = _groups(prop)
-        self._module_of = _module_of_params(model)
-        object.__setattr__  # keep mypy quiet about dynamic attributes below
+        self.notes = list(prop.notes)
+        module_of = _module_of_params(model)
+        groups, self._root_unit, self._roots = _groups(prop)
         self.groups = tuple(
-            ChannelGroup(
-                g.index,
-                g.units,
-                g.kind,
-                tuple(sorted({self._module_of.get(f, f) for f, _ in g.params()})),
-            )
-            for g in self.groups
+            replace(g, modules=tuple(sorted({module_of.get(f, f) for f, _ in g.params()})))
+            for g in groups
         )
+        self._head_splits = self._find_head_splits()
 
     @property
     def num_units(self) -> int:
         return sum(g.size for g in self.groups)
 
     def removal_plan(self, removals: dict[int, Sequence[int]]) -> dict[tuple[str, int], list[int]]:
-        """Indices to remove per (parameter, dim) for ``removals`` (group index -> unit positions)."""
+        """Indices to remove per (parameter, dim) for ``removals`` (group -> unit positions)."""
         plan: dict[tuple[str, int], set[int]] = defaultdict(set)
         for gi, positions in removals.items():
             group = self.groups[gi]
             if len(set(positions)) >= group.size:
                 raise ConfigError(
-                    f"cannot remove all {group.size} units of group {gi} ({', '.join(group.modules)}): "
-                    "at least one must stay."
+                    f"cannot remove all {group.size} units of group {gi} "
+                    f"({', '.join(group.modules)}): at least one must stay."
                 )
             for pos in positions:
                 for s in group.units[pos].slices:
@@ -103,11 +111,25 @@ class DependencyGraph:
         return {k: sorted(v) for k, v in plan.items()}
 
     def prune(self, model: nn.Module, removals: dict[int, Sequence[int]]) -> nn.Module:
-        """A copy of ``model`` with the given units physically removed."""
+        """A copy of ``model`` with the given units physically removed.
+
+        Size attributes follow the new shapes: channels and features of convolutions, linear
+        layers and norms, ``hidden_size``/``input_size`` of recurrent layers, and head counts
+        (attributes such as ``num_heads`` or ``all_head_size``) of modules that lost heads.
+        """
         plan = self.removal_plan(removals)
-        pruned = copy.deepcopy(model)
-        _apply_plan(pruned, plan)
+        originals = dict(model.named_parameters(remove_duplicate=False))
+        originals |= dict(model.named_buffers(remove_duplicate=False))
+        by_tensor: dict[str, dict[int, list[int]]] = defaultdict(dict)
+        for (fqn, dim), indices in plan.items():
+            by_tensor[fqn][dim] = indices
+        # Smaller tensors are made first and handed to deepcopy, so nothing is copied twice.
+        memo: dict[int, object] = {}
+        for fqn, dims in by_tensor.items():
+            memo[id(originals[fqn])] = _sliced(originals[fqn], dims)
+        pruned = copy.deepcopy(model, memo)
         _resync_modules(pruned, model)
+        self._resync_heads(pruned, removals)
         return pruned
 
     def zero(self, model: nn.Module, removals: dict[int, Sequence[int]]) -> nn.Module:
@@ -120,9 +142,83 @@ class DependencyGraph:
                 tensors[fqn].index_fill_(dim, torch.tensor(indices), 0.0)
         return zeroed
 
+    # ----- heads -----
+    def _find_head_splits(self) -> list[_HeadSplit]:
+        out = []
+        for split in self.propagation.splits:
+            if not split.is_heads or split.outer_by_position:
+                continue
+            lead, heads, head_dim = split.ids.shape
+            units = tuple(self._root_unit.get(int(self._roots[i])) for i in split.ids[0, :, 0])
+            out.append(_HeadSplit(split.module, heads, head_dim, units))
+        return out
+
+    def _resync_heads(self, pruned: nn.Module, removals: dict[int, Sequence[int]]) -> None:
+        removed = {(gi, pos) for gi, positions in removals.items() for pos in positions}
+        done: set[str] = set()
+        for split in self._head_splits:
+            gone = sum(1 for unit in split.units if unit in removed)
+            if not gone or split.module in done:
+                continue
+            done.add(split.module)
+            module = pruned.get_submodule(split.module)
+            _update_head_attributes(module, split.heads, split.heads - gone, split.head_dim)
+
+    # ----- checking splits on a pruned copy -----
+    def _check_splits(self, model: nn.Module, args: tuple[Tensor, ...]) -> None:
+        """Keep the groups whose reshapes the model's code does not recompute after pruning.
+
+        A split is valid only if the code reshapes with the tensor's size (``-1``, ``C // g``) or
+        with attributes that :meth:`prune` updates; a hard-coded size breaks. One unit of every
+        group touching a split is removed on a copy (one try per kind of module that splits),
+        and the copy must run and equal the zeroed model.
+        """
+        batches: dict[str, set[int]] = defaultdict(set)
+        kind_of = {name: type(m).__name__ for name, m in model.named_modules()}
+        for split in self.propagation.splits:
+            batches[kind_of.get(split.module, split.module)] |= self._groups_of(split.ids)
+        drop: set[int] = set()
+        for kind, groups in batches.items():
+            removals = {gi: [self.groups[gi].size // 2] for gi in groups if self.groups[gi].size > 1}
+            if not removals:
+                continue
+            failure = _try_removal(self, model, args, removals)
+            if failure is not None:
+                drop |= groups
+                self.notes.append(
+                    f"kept the channels that {kind} reshapes ({len(groups)} groups): its code does "
+                    f"not follow smaller tensors ({failure})"
+                )
+        if drop:
+            self._drop_groups(drop)
+
+    def _groups_of(self, ids: np.ndarray) -> set[int]:
+        roots = np.unique(self._roots[ids]).tolist()
+        return {self._root_unit[r][0] for r in roots if r in self._root_unit}
+
+    def _split_groups(self) -> set[int]:
+        return {gi for s in self.propagation.splits for gi in self._groups_of(s.ids)}
+
+    def _drop_groups(self, drop: set[int]) -> None:
+        new_index: dict[int, int] = {}
+        kept = []
+        for g in self.groups:
+            if g.index not in drop:
+                new_index[g.index] = len(kept)
+                kept.append(replace(g, index=len(kept)))
+        self.groups = tuple(kept)
+        self._root_unit = {
+            r: (new_index[gi], pos) for r, (gi, pos) in self._root_unit.items() if gi in new_index
+        }
+        self._head_splits = self._find_head_splits()
+
 
 def build_dependency_graph(
-    model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...], *, ignore: Iterable[str] = ()
+    model: nn.Module,
+    example_inputs: Tensor | tuple[Tensor, ...],
+    *,
+    ignore: Iterable[str] = (),
+    check: bool = True,
 ) -> DependencyGraph:
     """Capture ``model`` and group its channels into removable units.
 
@@ -131,6 +227,10 @@ def build_dependency_graph(
         example_inputs: Inputs of the right shape (one sample is enough).
         ignore: Module paths whose channels must be kept (and whose unknown operations are
             then accepted).
+        check: Where a tracked dimension is reshaped into several (attention heads, channel
+            shuffles), prune one unit on a copy and run it, keeping the channels if the
+            model's code does not follow (see :attr:`DependencyGraph.notes`). Without the
+            check, such channels are kept.
 
     Example:
         >>> import torch
@@ -150,7 +250,38 @@ def build_dependency_graph(
             f"ignore names modules that do not exist: {unknown}; e.g. {sorted(known)[1:6]}"
         )
     captured = capture(model, example_inputs)
-    return DependencyGraph(model, captured, propagate(captured, ignore))
+    graph = DependencyGraph(model, captured, propagate(captured, ignore))
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if graph.propagation.splits:
+        if check:
+            graph._check_splits(model, args)
+        else:
+            graph._drop_groups(graph._split_groups())
+    return graph
+
+
+def _try_removal(
+    graph: DependencyGraph, model: nn.Module, args: tuple[Tensor, ...], removals: dict
+) -> str | None:
+    """Why pruning ``removals`` is not exact on ``args`` (None when it is)."""
+    try:
+        pruned = graph.prune(model, removals).eval()
+        zeroed = graph.zero(model, removals).eval()
+        with torch.no_grad():
+            got, want = _pytree.tree_leaves(pruned(*args)), _pytree.tree_leaves(zeroed(*args))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    for a, b in zip(got, want, strict=False):
+        if not isinstance(a, Tensor):
+            continue
+        if a.shape != b.shape:
+            return f"output shape {tuple(a.shape)} != {tuple(b.shape)}"
+        if a.is_floating_point():
+            scale = 1.0 + float(b.abs().max()) if b.numel() else 1.0
+            diff = float((a - b).abs().max()) if b.numel() else 0.0
+            if not diff <= 1e-4 * scale:
+                return f"output differs from the zeroed model by {diff:.3g}"
+    return None
 
 
 def _module_of_params(model: nn.Module) -> dict[str, str]:
@@ -163,64 +294,121 @@ def _module_of_params(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def _groups(prop: Propagation) -> list[ChannelGroup]:
+def _groups(
+    prop: Propagation,
+) -> tuple[list[ChannelGroup], dict[int, tuple[int, int]], np.ndarray]:
+    """Components of the coupling graph, as units grouped by the shape of their coupling.
+
+    Returns the groups, the (group, position) of every unit's root id, and the root of every id.
+    """
     space = prop.space
     roots = space.components()
-    fixed_root = roots[FIXED]
-    units: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
+    fixed = roots[FIXED]
+    keys: list[tuple[str, int]] = sorted(
+        {(o.fqn, o.dim) for _, _, o in space.owners if isinstance(o, ParamDim)}
+    )
+    parts_r, parts_k, parts_i = [], [], []
+    bad: set[int] = set()
+    extra: list[tuple[int, tuple[str, int], list[int]]] = []
+    key_index = {k: i for i, k in enumerate(keys)}
     for start, stop, owner in space.owners:
         r = roots[start:stop]
-        live = np.nonzero(r != fixed_root)[0]
-        for offset in live.tolist():
-            for fqn, dim, index in _slices_of(owner, offset):
-                units[int(r[offset])].append((fqn, dim, index))
-    heads = {int(roots[s.ids[0, 0]]) for s in prop.splits if s.is_heads}
-    by_signature: dict[tuple, list[Unit]] = defaultdict(list)
-    kinds: dict[tuple, str] = {}
-    for root, members in units.items():
-        per_param: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for fqn, dim, index in members:
-            per_param[(fqn, dim)].append(index)
-        signature = tuple(sorted((k, len(v)) for k, v in per_param.items()))
-        unit = Unit(
-            tuple(Slice(f, d, tuple(sorted(ix))) for (f, d), ix in sorted(per_param.items()))
-        )
-        by_signature[signature].append(unit)
-        kinds[signature] = "heads" if root in heads else kinds.get(signature, "channels")
-    groups = []
-    for i, (signature, members) in enumerate(by_signature.items()):
-        members.sort(key=lambda u: u.slices[0].indices)
-        groups.append(ChannelGroup(i, tuple(members), kinds[signature], ()))
-    return groups
-
-
-def _slices_of(owner: ParamDim | ParamElements, offset: int) -> list[tuple[str, int, int]]:
-    if isinstance(owner, ParamDim):
-        return [(owner.fqn, owner.dim, offset)]
-    # An entry of a parameter used directly: its position along every dim of size > 1.
-    kept = tuple(n if n > 1 else 1 for n in owner.shape)
-    position = np.unravel_index(offset, kept)
-    return [(owner.fqn, d, int(position[d])) for d in range(len(kept)) if kept[d] > 1]
-
-
-def _apply_plan(model: nn.Module, plan: dict[tuple[str, int], list[int]]) -> None:
-    by_tensor: dict[str, dict[int, list[int]]] = defaultdict(dict)
-    for (fqn, dim), indices in plan.items():
-        by_tensor[fqn][dim] = indices
-    for fqn, dims in by_tensor.items():
-        module_name, _, attr = fqn.rpartition(".")
-        module = model.get_submodule(module_name)
-        tensor = getattr(module, attr)
-        new = tensor.detach()
-        for dim, removed in dims.items():
-            keep = torch.tensor(sorted(set(range(new.shape[dim])) - set(removed)), dtype=torch.long)
-            new = new.index_select(dim, keep)
-        if isinstance(tensor, nn.Parameter):
-            setattr(
-                module, attr, nn.Parameter(new.contiguous(), requires_grad=tensor.requires_grad)
-            )
+        if isinstance(owner, ParamDim):
+            live = np.nonzero(r != fixed)[0]
+            parts_r.append(r[live])
+            parts_k.append(np.full(len(live), key_index[(owner.fqn, owner.dim)]))
+            parts_i.append(live)
         else:
-            module._buffers[attr] = new.contiguous()
+            _slabs(owner, r, fixed, extra, bad)
+    for root, key, indices in extra:
+        if key not in key_index:
+            key_index[key] = len(keys)
+            keys.append(key)
+        parts_r.append(np.full(len(indices), root))
+        parts_k.append(np.full(len(indices), key_index[key]))
+        parts_i.append(np.asarray(indices))
+    if not parts_r:
+        return [], {}, roots
+    rank = np.argsort(np.argsort([f"{f}\0{d:04d}" for f, d in keys]))  # keys in name order
+    r_all = np.concatenate(parts_r).astype(np.int64)
+    k_all = rank[np.concatenate(parts_k).astype(np.int64)]
+    i_all = np.concatenate(parts_i).astype(np.int64)
+    keep = ~np.isin(r_all, np.fromiter(bad, dtype=np.int64, count=len(bad)))
+    r_all, k_all, i_all = r_all[keep], k_all[keep], i_all[keep]
+    order = np.lexsort((i_all, k_all, r_all))
+    r_all, k_all, i_all = r_all[order], k_all[order], i_all[order]
+    by_rank = [keys[i] for i in np.argsort(rank)]
+    heads = {int(r) for s in prop.splits if s.is_heads for r in np.unique(roots[s.ids[:, :, 0]])}
+    groups, root_unit = _assemble(r_all, k_all, i_all, by_rank, heads)
+    return groups, root_unit, roots
+
+
+def _assemble(
+    r: np.ndarray, k: np.ndarray, i: np.ndarray, keys: list[tuple[str, int]], heads: set[int]
+) -> tuple[list[ChannelGroup], dict[int, tuple[int, int]]]:
+    """Units from (root, key, index) triples sorted by root then key; grouped by signature."""
+    if not len(r):
+        return [], {}
+    cut = np.flatnonzero((np.diff(r) != 0) | (np.diff(k) != 0)) + 1
+    starts, ends = np.concatenate([[0], cut]).tolist(), np.concatenate([cut, [len(r)]]).tolist()
+    run_root, run_key = r[starts], k[starts].tolist()
+    unit_cut = np.flatnonzero(np.diff(run_root) != 0) + 1
+    unit_starts = np.concatenate([[0], unit_cut]).tolist()
+    unit_ends = np.concatenate([unit_cut, [len(run_root)]]).tolist()
+    index = i.tolist()
+    by_signature: dict[tuple, list[tuple[tuple[int, ...], int, Unit]]] = defaultdict(list)
+    for us, ue in zip(unit_starts, unit_ends, strict=True):
+        runs = range(us, ue)
+        signature = tuple((run_key[j], ends[j] - starts[j]) for j in runs)
+        slices = tuple(
+            Slice(*keys[run_key[j]], tuple(index[starts[j] : ends[j]])) for j in runs
+        )
+        by_signature[signature].append((slices[0].indices, int(run_root[us]), Unit(slices)))
+    groups, root_unit = [], {}
+    for gi, members in enumerate(by_signature.values()):
+        members.sort(key=lambda m: m[0])
+        kind = "heads" if any(root in heads for _, root, _ in members) else "channels"
+        for pos, (_, root, _) in enumerate(members):
+            root_unit[root] = (gi, pos)
+        groups.append(ChannelGroup(gi, tuple(unit for *_, unit in members), kind, ()))
+    return groups, root_unit
+
+
+def _slabs(
+    owner: ParamElements,
+    roots: np.ndarray,
+    fixed: int,
+    out: list[tuple[int, tuple[str, int], list[int]]],
+    bad: set[int],
+) -> None:
+    """Entries of a parameter used directly may go only as whole slices along one dimension."""
+    kept = tuple(n if n > 1 else 1 for n in owner.shape)
+    big = [d for d, n in enumerate(kept) if n > 1]
+    flat = roots.reshape(-1)
+    coords = np.unravel_index(np.arange(flat.size), kept)
+    for root in np.unique(flat):
+        if root == fixed:
+            continue
+        where = flat == root
+        count = int(where.sum())
+        for d in big:
+            along = np.unique(coords[d][where])
+            if count == len(along) * (flat.size // kept[d]):
+                out.append((int(root), (owner.fqn, d), along.tolist()))
+                break
+        else:
+            if big:
+                bad.add(int(root))
+
+
+def _sliced(tensor: Tensor, dims: dict[int, list[int]]) -> Tensor:
+    new = tensor.detach()
+    for dim, removed in dims.items():
+        keep = torch.tensor(sorted(set(range(new.shape[dim])) - set(removed)), dtype=torch.long)
+        new = new.index_select(dim, keep)
+    if isinstance(tensor, nn.Parameter):
+        return nn.Parameter(new.contiguous(), requires_grad=tensor.requires_grad)
+    return new.contiguous()
 
 
 def _resync_modules(pruned: nn.Module, original: nn.Module) -> None:
@@ -241,18 +429,17 @@ def _resync_modules(pruned: nn.Module, original: nn.Module) -> None:
             module.num_embeddings, module.embedding_dim = module.weight.shape
         elif isinstance(module, nn.PReLU):
             module.num_parameters = module.weight.numel()
+        elif isinstance(module, nn.RNNBase):
+            module.hidden_size = module.weight_hh_l0.shape[1]
+            module.input_size = module.weight_ih_l0.shape[1]
+            module._init_flat_weights()
 
 
 def _resync_conv(conv: nn.modules.conv._ConvNd, before: nn.modules.conv._ConvNd) -> None:
     w = conv.weight
-    if before.groups > 1 and before.in_channels == before.groups:
+    if before.groups > 1 and before.in_channels == before.groups and not conv.transposed:
         # Depthwise: whole groups were removed, one input channel each.
-        per_out = before.out_channels // before.groups
-        conv.groups = (
-            (w.shape[1] if conv.transposed else w.shape[0]) // per_out
-            if not conv.transposed
-            else w.shape[0]
-        )
+        conv.groups = w.shape[0] // (before.out_channels // before.groups)
     if conv.transposed:
         conv.in_channels = w.shape[0]
         conv.out_channels = w.shape[1] * conv.groups
@@ -263,3 +450,15 @@ def _resync_conv(conv: nn.modules.conv._ConvNd, before: nn.modules.conv._ConvNd)
         raise SlimkitError(
             f"pruning left a conv with {conv.in_channels} channels in {conv.groups} groups"
         )
+
+
+def _update_head_attributes(module: nn.Module, old: int, new: int, head_dim: int) -> None:
+    """Head counts (``num_heads``, ``num_attention_heads``) and head totals (``all_head_size``)."""
+    for name, value in list(vars(module).items()):
+        if isinstance(value, bool) or not isinstance(value, int) or "head" not in name.lower():
+            continue
+        lowered = name.lower()
+        if value == old and ("num" in lowered or lowered in ("heads", "n_heads", "nheads")):
+            setattr(module, name, new)
+        elif value == old * head_dim and "all" in lowered:
+            setattr(module, name, new * head_dim)

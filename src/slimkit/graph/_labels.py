@@ -32,7 +32,11 @@ class ParamDim:
 
 @dataclass(frozen=True)
 class ParamElements:
-    """Elements owned one per entry of a parameter used directly in arithmetic (e.g. a class token)."""
+    """Elements owned one per entry of a parameter used directly in arithmetic (a class token).
+
+    After the walk, the entries that went together must form whole slices along one dimension
+    (e.g. every position of channel ``c`` of a position embedding); otherwise they are kept.
+    """
 
     fqn: str
     shape: tuple[int, ...]
@@ -79,8 +83,14 @@ class IdSpace:
         """Couple ``a`` and ``b`` position by position (after broadcasting); untracked is skipped."""
         a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
         keep = (a >= 0) & (b >= 0) & (a != b)
-        if keep.any():
-            self.edges.append(np.unique(np.stack([a[keep], b[keep]]), axis=1))
+        if not keep.any():
+            return
+        lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+        if lo.size > 16:
+            # Broadcasting repeats pairs; one sorted int64 key per pair drops them cheaply.
+            key = np.unique((lo << 32) | hi)
+            lo, hi = key >> 32, key & 0xFFFFFFFF
+        self.edges.append(np.stack([lo, hi]))
 
     def fix(self, ids: np.ndarray) -> None:
         """Make every element in ``ids`` unremovable."""

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from slimkit.models import _fmnist  # noqa: F401  (registers the reference models)
+from slimkit.models import _fmnist, _minilm  # noqa: F401  (registers the reference models)
 from slimkit.models._registry import (
     ModelInfo,
     ModelSpec,

@@ -19,6 +19,32 @@ from __future__ import annotations
 
 from slimkit.prune._config import StructuredConfig
 from slimkit.prune._importance import register_importance, unit_scores
+from slimkit.prune._storage import load_sparse, load_sparse_state, save_sparse
 from slimkit.prune._structured import PruneStep, prune
+from slimkit.prune._unstructured import (
+    LayerSparsity,
+    SparsityStats,
+    UnstructuredConfig,
+    cubic_sparsity,
+    prunable_layers,
+    sparsify,
+    sparsity_stats,
+)
 
-__all__ = ["PruneStep", "StructuredConfig", "prune", "register_importance", "unit_scores"]
+__all__ = [
+    "LayerSparsity",
+    "PruneStep",
+    "SparsityStats",
+    "StructuredConfig",
+    "UnstructuredConfig",
+    "cubic_sparsity",
+    "load_sparse",
+    "load_sparse_state",
+    "prunable_layers",
+    "prune",
+    "register_importance",
+    "save_sparse",
+    "sparsify",
+    "sparsity_stats",
+    "unit_scores",
+]

@@ -31,7 +31,11 @@ __all__ = [
     "register_step",
 ]
 
-BUILTIN_STEP_MODULES: tuple[str, ...] = ("slimkit.train._step",)
+BUILTIN_STEP_MODULES: tuple[str, ...] = (
+    "slimkit.train._step",
+    "slimkit.prune._step",
+    "slimkit.prune._sparse_step",
+)
 """Modules that register the built-in steps when imported; each technique adds its own here."""
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")

@@ -21,6 +21,11 @@ from slimkit.train._config import TrainConfig
 Objective = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """Computes the loss of ``model`` on a batch ``(inputs, labels)``; distillation supplies its own."""
 
+StepCallback = Callable[[nn.Module, int], None]
+"""Called as ``after_step(model, step)`` after every optimizer step, under ``torch.no_grad()``;
+``step`` counts the optimizer steps done so far from 1 (across epochs). Gradual pruning applies
+its masks here."""
+
 
 def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
     def objective(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
@@ -48,12 +53,14 @@ def train(
     data: DataSplits,
     *,
     objective: Objective | None = None,
+    after_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train a copy of ``model`` on ``data`` and return it with its history.
 
     The input model is left untouched. Test accuracy is measured after every epoch. With
     ``config.checkpoint_dir``, an atomic checkpoint is written after every epoch and a killed run
-    resumes from it.
+    resumes from it. ``after_step`` (see :data:`StepCallback`) may edit the weights in place after
+    every optimizer step, for example to keep pruned weights at zero.
 
     Example:
         >>> from slimkit.data import load_dataset, DataConfig
@@ -67,15 +74,21 @@ def train(
     objective = objective or cross_entropy_objective(config.label_smoothing)
     model = copy.deepcopy(model)
     with num_threads(config.threads):
-        return _Trainer(model, config, data, objective).run()
+        return _Trainer(model, config, data, objective, after_step).run()
 
 
 class _Trainer:
     def __init__(
-        self, model: nn.Module, config: TrainConfig, data: DataSplits, objective: Objective
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        data: DataSplits,
+        objective: Objective,
+        after_step: StepCallback | None = None,
     ) -> None:
         seed_everything(config.seed)
         self.config, self.data, self.objective = config, data, objective
+        self.after_step = after_step
         self.memory_format = (
             torch.channels_last if config.channels_last else torch.contiguous_format
         )
@@ -136,6 +149,9 @@ class _Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 total_loss, steps = total_loss + loss.item(), steps + 1
+                if self.after_step is not None:
+                    with torch.no_grad():
+                        self.after_step(self.model, epoch * len(self.loader) + steps)
                 bar.update(task, advance=1, status=f"loss {total_loss / steps:.4f}")
         test_acc = accuracy(self.model, self.data.test_loader())
         return {
