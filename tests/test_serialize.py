@@ -57,3 +57,17 @@ def test_pruned_model_round_trips_as_structure_edits(tmp_path: Path, fmnist_smal
     assert again.stem[0].out_channels == small.stem[0].out_channels < 8
     x = fmnist_small.test_inputs[:32]
     assert torch.equal(small(x), again(x))
+
+
+def test_model_with_removed_blocks_round_trips(tmp_path: Path, fmnist_small) -> None:
+    from slimkit.prune import LayerConfig, drop_layers
+
+    model = create_model("fmnist_resnet", widths=[8, 16, 24], blocks=[2, 2, 1]).eval()
+    short = drop_layers(model, LayerConfig(keep=0.5), data=fmnist_small).eval()
+    def blocks(m: nn.Module) -> int:
+        return sum(type(b).__name__ == "BasicBlock" for b in m.modules())
+
+    assert blocks(short) == blocks(model) - 2  # 2 of the 3 identity-shortcut blocks
+    again = load_model(save_model(short, tmp_path / "short"))
+    x = fmnist_small.test_inputs[:16]
+    assert torch.equal(short(x), again(x))

@@ -8,7 +8,7 @@ Example:
     >>> model = slimkit.create_model("fmnist_tiny")
     >>> report = slimkit.profile(model, config=slimkit.ProfileConfig(memory=False, max_seconds=0.1))
     >>> report.params
-    6274
+    24058
 """
 
 from __future__ import annotations

@@ -87,13 +87,18 @@ def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
     """How ``model`` differs from a fresh ``reference`` of the same spec, as JSON data.
 
     ``shapes`` lists tensors whose shape changed, ``attributes`` the plain-valued module
-    attributes (ints, floats, strings, tuples of them) that changed; that is all structured
-    pruning changes. A replaced module cannot be described this way and is refused.
+    attributes (ints, floats, strings, tuples of them) that changed, ``identities`` the modules
+    replaced by ``nn.Identity`` (removed blocks); that is all pruning changes. Any other
+    replaced module cannot be described this way and is refused.
     """
     ref_modules = dict(reference.named_modules())
     attributes: dict[str, dict[str, Any]] = {}
+    identities: list[str] = []
     for name, module in model.named_modules():
         ref = ref_modules.get(name)
+        if isinstance(module, nn.Identity) and ref is not None and type(ref) is not nn.Identity:
+            identities.append(name)
+            continue
         if ref is None or type(ref) is not type(module):
             raise SerializationError(
                 f"module {name!r} is a {type(module).__name__} but the registered model has "
@@ -113,10 +118,13 @@ def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
         for fqn, t in _tensors(model).items()
         if fqn in ref_tensors and ref_tensors[fqn].shape != t.shape
     }
-    return {"shapes": shapes, "attributes": attributes}
+    return {"identities": identities, "shapes": shapes, "attributes": attributes}
 
 
 def _apply_structure(model: nn.Module, structure: dict[str, Any]) -> None:
+    for name in structure.get("identities", []):
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, nn.Identity())
     for fqn, shape in structure.get("shapes", {}).items():
         module_name, _, attr = fqn.rpartition(".")
         module = model.get_submodule(module_name)
@@ -140,7 +148,8 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 def _plain(value: Any) -> bool:
     if isinstance(value, bool | int | float | str):
         return True
-    return isinstance(value, tuple | list) and all(isinstance(v, bool | int | float | str) for v in value)
+    items = value if isinstance(value, tuple | list) else [object()]
+    return all(isinstance(v, bool | int | float | str) for v in items)
 
 
 def load_model(folder: str | Path) -> nn.Module:

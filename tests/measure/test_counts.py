@@ -44,10 +44,10 @@ def test_sequential_sums_layers_and_skips_elementwise_ops() -> None:
 
 def test_registered_model_macs_by_hand() -> None:
     macs = (
-        conv_macs(8, 1, 1, 3, 28, 28)
-        + conv_macs(16, 8, 1, 3, 14, 14)
-        + conv_macs(32, 16, 1, 3, 7, 7)
-        + 32 * 10
+        conv_macs(16, 1, 1, 3, 28, 28)
+        + conv_macs(32, 16, 1, 3, 14, 14)
+        + conv_macs(64, 32, 1, 3, 7, 7)
+        + 64 * 10
     )
     assert count_macs(create_model("fmnist_tiny").eval(), torch.zeros(1, 1, 28, 28)).macs == macs
 

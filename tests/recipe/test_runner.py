@@ -66,7 +66,7 @@ def test_report_json_has_baseline_and_step(run: RunResult) -> None:
     baseline, trained = report["stages"]
     for stage in (baseline, trained):
         profile = stage["profile"]
-        assert profile["params"] == 6274 and profile["macs"] > 0 and profile["size_bytes"] > 0
+        assert profile["params"] == 24058 and profile["macs"] > 0 and profile["size_bytes"] > 0
         assert profile["latency"]["p50_ms"] > 0 and profile["throughput"] > 0
         assert 0.0 <= profile["accuracy"] <= 1.0
         assert profile["threads"] == 1
@@ -83,7 +83,7 @@ def test_report_markdown_has_table_and_history(run: RunResult) -> None:
     text = (run.out_dir / "report.md").read_text()
     assert text.startswith("# slimkit report: tiny")
     assert "| # | stage | time | params | MACs | size | p50 latency |" in text
-    assert "| 0 | baseline | 0.0 s | 6.27k | 508k |" in text
+    assert "| 0 | baseline | 0.0 s | 24.1k | 1.92M |" in text
     assert "| 1 | train |" in text
     assert "| epoch | train_loss | test_accuracy |" in text
     assert "![accuracy vs p50 latency](accuracy_vs_latency.png)" in text

@@ -76,7 +76,7 @@ def profile(
         >>> cfg = ProfileConfig(max_seconds=0.05, min_runs=3, warmup=1, memory=False)
         >>> report = profile(create_model("fmnist_tiny"), config=cfg)
         >>> report.params, report.macs
-        (6274, 508352)
+        (24058, 1919872)
     """
     [report] = _measure(
         [model_or_runner], example_inputs, config or ProfileConfig(), data, rounds=1
@@ -103,7 +103,7 @@ def compare(
         >>> cfg = ProfileConfig(max_seconds=0.05, min_runs=3, warmup=1, memory=False)
         >>> result = compare(create_model("fmnist_cnn"), create_model("fmnist_tiny"), config=cfg)
         >>> round(result.params_ratio, 4)
-        0.0019
+        0.0073
     """
     config = config or ProfileConfig()
     base, cand = _measure(

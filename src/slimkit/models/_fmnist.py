@@ -66,18 +66,25 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-@register_model(input_shape=FMNIST_SHAPE, num_classes=10)
+# Reference trainings: what `slimkit train` runs, and what the accuracy bars were measured with.
+RESNET_TRAINING = {"epochs": 9, "lr": 0.1, "label_smoothing": 0.1}
+CNN_TRAINING = {"epochs": 8, "lr": 0.05}
+
+
+@register_model(input_shape=FMNIST_SHAPE, num_classes=10, train_defaults=RESNET_TRAINING)
 def fmnist_resnet(
     widths: Sequence[int] = (32, 64, 128),
     blocks: Sequence[int] = (1, 1, 1),
-    stem_stride: int = 1,
+    stem_stride: int = 2,
     num_classes: int = 10,
 ) -> nn.Module:
     """A small ResNet (BatchNorm, residual adds, projection shortcuts) for 28x28 images."""
+    # The stride-2 stem puts the blocks at 14, 7 and 4 pixels: a third of the training time of
+    # full-resolution blocks on a 2-core CPU, for the same accuracy budget.
     return ResNet(widths, blocks, num_classes, in_ch=FMNIST_SHAPE[0], stem_stride=stem_stride)
 
 
-@register_model(input_shape=FMNIST_SHAPE, num_classes=10)
+@register_model(input_shape=FMNIST_SHAPE, num_classes=10, train_defaults=CNN_TRAINING)
 def fmnist_cnn(
     channels: Sequence[int] = (32, 64),
     hidden: int = 1024,
@@ -96,7 +103,7 @@ def fmnist_cnn(
 
 
 @register_model(input_shape=FMNIST_SHAPE, num_classes=10)
-def fmnist_tiny(widths: Sequence[int] = (8, 16, 32), num_classes: int = 10) -> nn.Module:
+def fmnist_tiny(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10) -> nn.Module:
     """A student of under 1/10 of fmnist_resnet's parameters: three conv+BN+ReLU stages."""
     layers: list[nn.Module] = []
     prev = FMNIST_SHAPE[0]

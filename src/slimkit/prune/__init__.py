@@ -3,7 +3,8 @@
 Structured pruning reads the model through the shared dependency graph
 (:mod:`slimkit.graph`), so coupled channels (across residual adds, concatenations, grouped and
 depthwise convolutions, norms and flatten-to-linear) are removed together and the result is a
-plain, smaller ``nn.Module``.
+plain, smaller ``nn.Module``. Whole residual blocks go with :func:`drop_layers`; per-weight
+sparsity (unstructured) with :func:`sparsify`.
 
 Example:
     >>> import torch
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from slimkit.prune._config import StructuredConfig
 from slimkit.prune._importance import register_importance, unit_scores
+from slimkit.prune._layers import LayerConfig, drop_layers, residual_blocks
 from slimkit.prune._storage import load_sparse, load_sparse_state, save_sparse
 from slimkit.prune._structured import PruneStep, prune
 from slimkit.prune._unstructured import (
@@ -32,17 +34,20 @@ from slimkit.prune._unstructured import (
 )
 
 __all__ = [
+    "LayerConfig",
     "LayerSparsity",
     "PruneStep",
     "SparsityStats",
     "StructuredConfig",
     "UnstructuredConfig",
     "cubic_sparsity",
+    "drop_layers",
     "load_sparse",
     "load_sparse_state",
     "prunable_layers",
     "prune",
     "register_importance",
+    "residual_blocks",
     "save_sparse",
     "sparsify",
     "sparsity_stats",

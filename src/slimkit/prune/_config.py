@@ -52,6 +52,8 @@ class StructuredConfig(Config):
     @model_validator(mode="after")
     def _local_needs_channels(self) -> StructuredConfig:
         if self.scope == "local" and self.target == "latency":
-            raise ValueError("scope 'local' removes a fixed fraction per group; use target 'channels', "
-                             "'params' or 'macs' with it, or scope 'global' for latency")  # fmt: skip
+            raise ValueError(
+                "scope 'local' removes a fixed fraction per group; use target 'channels', "
+                "'params' or 'macs' with it, or scope 'global' for latency"
+            )
         return self

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from torch import nn
 
 from slimkit.prune._config import StructuredConfig
+from slimkit.prune._layers import LayerConfig, drop_layers
 from slimkit.prune._structured import PruneStep, prune
 from slimkit.recipe import StepContext, StepOutput, register_step
 
@@ -22,7 +23,8 @@ def prune_step(model: nn.Module, config: StructuredConfig, ctx: StepContext) -> 
     """
     history: list[PruneStep] = []
     pruned = prune(model, config, ctx.data.example_input(1), data=ctx.data, history=history)
-    return StepOutput(pruned, {"steps": [asdict(h) for h in history], "layers": _widths(model, pruned)})
+    info = {"steps": [asdict(h) for h in history], "layers": _widths(model, pruned)}
+    return StepOutput(pruned, info)
 
 
 def _widths(before: nn.Module, after: nn.Module) -> list[dict[str, object]]:
@@ -33,7 +35,8 @@ def _widths(before: nn.Module, after: nn.Module) -> list[dict[str, object]]:
         width = _width(module)
         if width is not None:
             new = _width(after_modules[name])
-            rows.append({"layer": name, "before": width, "after": new, "kept": round(new / width, 3)})
+            kept = round(new / width, 3)
+            rows.append({"layer": name, "before": width, "after": new, "kept": kept})
     return rows
 
 
@@ -43,3 +46,13 @@ def _width(module: nn.Module) -> int | None:
     if isinstance(module, nn.Linear):
         return module.out_features
     return None
+
+
+@register_step("drop_layers", LayerConfig)
+def drop_layers_step(model: nn.Module, config: LayerConfig, ctx: StepContext) -> StepOutput:
+    """Remove the least important residual blocks; the info lists them with their scores."""
+    pruned = drop_layers(model, config, data=ctx.data)
+    removed = pruned.__dict__.pop("slimkit_removed_blocks", {})
+    return StepOutput(
+        pruned, {"removed_blocks": [{"block": k, "change": v} for k, v in removed.items()]}
+    )

@@ -58,11 +58,11 @@ def prune(
         16
     """
     example = _example(example_inputs, data)
-    if config.importance == "taylor" or config.finetune is not None:
-        if data is None:
-            raise ConfigError(
-                f"importance={config.importance!r} / finetune need data=; none was given."
-            )
+    needs_data = config.importance == "taylor" or config.finetune is not None
+    if needs_data and data is None:
+        raise ConfigError(
+            f"importance={config.importance!r} and finetune need data=; none was given."
+        )
     measure = _measure_fn(config.target, example)
     original = measure(model)
     current = model
@@ -135,7 +135,7 @@ def _choose(
                 min(cap, int(g.size * amount)) for g, cap in zip(graph.groups, caps, strict=True)
             ]
         else:
-            counts = _take(order, int(round(amount)), caps)
+            counts = _take(order, round(amount), caps)
         return _lowest(
             graph,
             scores,
