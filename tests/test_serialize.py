@@ -23,9 +23,8 @@ def test_reload_gives_identical_outputs_on_real_images(tmp_path: Path, fmnist_sm
     again = load_model(folder)
     x = fmnist_small.test_inputs[:64]
     assert torch.equal(model(x), again(x))
-    assert json.loads((folder / SPEC_FILE).read_text())["model"]["kwargs"] == {
-        "widths": [8, 16, 24]
-    }
+    kwargs = json.loads((folder / SPEC_FILE).read_text())["model"]["kwargs"]
+    assert kwargs["widths"] == [8, 16, 24] and kwargs["stem_stride"] == 2
 
 
 def test_model_without_spec_is_refused_with_a_way_out(tmp_path: Path) -> None:

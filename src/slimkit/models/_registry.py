@@ -115,5 +115,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             f"it takes: {sorted(info.defaults)}."
         )
     model = info.builder(**kwargs)
-    model.slimkit_spec = ModelSpec(name, dict(kwargs))
+    # Every argument, defaults included: a later change of a default must not change how a
+    # saved model is rebuilt.
+    model.slimkit_spec = ModelSpec(name, {**info.defaults, **kwargs})
     return model
