@@ -4,8 +4,15 @@ Every classifier in ``torchvision.models`` (random weights, batch 1 at 224x224, 
 native 299) is pruned to 50 % of its removable channels with L2 importance ranked globally, through
 the public API (:func:`slimkit.prune.prune`). A model passes when the pruned copy runs, keeps the
 output shape, has fewer parameters and MACs, and equals the same model with the same channels
-zeroed instead of removed (max abs diff <= 1e-4): that equality is what proves the channel groups
-are right. Each model runs in its own forked process with a time limit, one thread.
+zeroed instead of removed: max abs diff <= 1e-4 x max |output|. That equality is what proves the
+channel groups are right. The bound is relative because random-weight outputs span orders of
+magnitude (inception_v3's reach ~1e6, float32 cannot resolve 1e-4 there; others are ~1e-2, where
+an absolute 1e-4 would prove little). Parameters initialized to all zeros (ViT's head and class
+token, biases) get small random values first, so no output is trivially zero.
+
+Each model runs in its own forked process with a time limit, one thread; the parent captures a
+tiny model first, so torch.export's one-time start-up (a few seconds, paid once per process) is
+not counted against every model.
 
 Bars (full run): >= 95 % of the models pass; median graph+prune time < 10 s per model.
 
@@ -30,13 +37,14 @@ import torch
 import torchvision
 from _bench import emit, parse_args
 
+from slimkit._runtime import set_progress
 from slimkit.graph import build_dependency_graph
 from slimkit.measure import count_macs, count_params
 from slimkit.prune import StructuredConfig, prune, unit_scores
 
 QUICK = ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "shufflenet_v2_x0_5", "mnasnet0_5"]
 INPUT_SIZE = {"inception_v3": 299}  # its native size; every other classifier takes 224
-MAX_DIFF = 1e-4
+MAX_DIFF = 1e-4  # relative to the largest output
 PASS_RATE = 0.95
 MAX_MEDIAN_S = 10.0
 CONFIG = StructuredConfig(importance="l2", scope="global", target="channels", keep=0.5)
@@ -78,6 +86,10 @@ def check_model(name: str) -> dict[str, Any]:
     size = INPUT_SIZE.get(name, 224)
     row: dict[str, Any] = {"model": name, "input": size}
     model = torchvision.models.get_model(name, weights=None).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02)
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         out_shape = tuple(model(x).shape)
@@ -114,7 +126,7 @@ def check_model(name: str) -> dict[str, Any]:
         problems.append("MACs not countable")
     elif not row["macs_after"] < row["macs_before"]:
         problems.append("no fewer MACs")
-    if not row["max_abs_diff"] <= MAX_DIFF:
+    if not row["max_abs_diff"] <= MAX_DIFF * row["out_scale"]:
         problems.append(f"pruned != zeroed (max abs diff {row['max_abs_diff']:.3g})")
     row["status"] = "ok" if not problems else "fail: " + "; ".join(problems)
     return row
@@ -152,14 +164,16 @@ def run_isolated(name: str, timeout: float) -> dict[str, Any]:
         proc.kill()
         proc.join()
     if row is None:
-        reason = f"timeout after {timeout:.0f} s" if not answered else f"crashed (exit {proc.exitcode})"
+        reason = (
+            f"timeout after {timeout:.0f} s" if not answered else f"crashed (exit {proc.exitcode})"
+        )
         row = {"model": name, "status": f"error: {reason}"}
     row["wall_s"] = round(time.perf_counter() - start, 1)
     return row
 
 
 COLUMNS = ["model", "input", "params_before", "params_after", "macs_before", "macs_after",
-           "prune_s", "max_abs_diff", "status"]  # fmt: skip
+           "prune_s", "max_abs_diff", "out_scale", "status"]  # fmt: skip
 
 
 def main() -> int:
@@ -169,6 +183,9 @@ def main() -> int:
     known, rest = extra.parse_known_args()
     args = parse_args(__doc__, rest)
     torch.set_num_threads(1)
+    set_progress(False)
+    os.environ.setdefault("COLUMNS", "200")  # a wide table, also when piped
+    build_dependency_graph(torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.zeros(1, 2))
     if known.models:
         names = known.models.split(",")
     elif args.quick:

@@ -210,7 +210,7 @@ def test_random_small_architectures_always_prune_to_a_model_that_runs(
     model: nn.Module, seed: int
 ) -> None:
     x = torch.randn(2, 3, 6, 6)
-    graph, pruned, zeroed = prune_and_zero(model, x, seed=seed)
+    _, pruned, zeroed = prune_and_zero(model, x, seed=seed)
     with torch.no_grad():
         out = pruned(x)
         assert out.shape == (2, 3)

@@ -3,6 +3,14 @@
 Pruning uses it to slice coupled channels; decomposition, fusion and quantization use the same
 capture to find their layers.
 
+Units are convolution channels and linear features (coupled across residual adds,
+concatenations, grouped and depthwise convolutions, norms and flatten-to-linear), attention heads
+(query, key and value rows and the output projection's columns, whole), recurrent hidden units
+(every gate of every layer and direction) and channel-shuffled groups. What the graph cannot
+prove exact is kept: operations it does not know are errors that name them, and reshapes the
+model's own code might not follow after pruning are tried on a pruned copy first
+(:attr:`DependencyGraph.notes` says what was kept and why).
+
 Example:
     >>> import torch
     >>> from torch import nn

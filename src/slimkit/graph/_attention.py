@@ -19,7 +19,7 @@ import torch
 from torch.fx import Node
 
 from slimkit.graph._labels import FIXED, UNTRACKED, Labels, untracked
-from slimkit.graph._propagate import Walker, aligned, arg, aten, rule
+from slimkit.graph._propagate import Walker, aligned, arg, aten, axis, rule
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _mark_heads(w: Walker, ops: list[_Operand], batch: set[str]) -> None:
     for op in ops:
         if op.lab is None or op.lab.ids.size < 2:
             continue
-        axes = {c: _axis_ids(op.lab.ids, d) for d, c in enumerate(op.letters)}
+        axes = {c: axis(op.lab.ids, d) for d, c in enumerate(op.letters)}
         outer_axes = [a for c, a in axes.items() if c in batch and len(a) > 1]
         inner_axes = [a for c, a in axes.items() if c not in batch and len(a) > 1]
         if not outer_axes or not inner_axes:
@@ -125,19 +125,13 @@ def _mark_heads(w: Walker, ops: list[_Operand], batch: set[str]) -> None:
                 split.is_heads = True
 
 
-def _axis_ids(ids: np.ndarray, dim: int) -> np.ndarray:
-    index = [0] * ids.ndim
-    index[dim] = slice(None)
-    return ids[tuple(index)]
-
-
-def _is_row(ids: np.ndarray, axis: np.ndarray) -> bool:
-    """Whether ``axis`` holds exactly the ids of one inner row of a split."""
-    if ids.shape[2] != len(axis):
+def _is_row(ids: np.ndarray, along: np.ndarray) -> bool:
+    """Whether ``along`` holds exactly the ids of one inner row of a split."""
+    if ids.shape[2] != len(along):
         return False
-    where = np.argwhere(ids == axis[0])
+    where = np.argwhere(ids == along[0])
     return any(
-        np.array_equal(np.sort(ids[lead, outer, :]), np.sort(axis)) for lead, outer, _ in where
+        np.array_equal(np.sort(ids[lead, outer, :]), np.sort(along)) for lead, outer, _ in where
     )
 
 

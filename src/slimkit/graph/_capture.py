@@ -10,6 +10,7 @@ as a fallback: it sees modules, not operators, and fails on the same data-depend
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +55,10 @@ def capture(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> Ca
     was_training = model.training
     model.eval()
     try:
-        program = torch.export.export(model, args, strict=False)
+        with warnings.catch_warnings():
+            # nn.LSTM/GRU refresh their _flat_weights list in forward; export warns about it.
+            warnings.filterwarnings("ignore", message=".*were assigned during export")
+            program = torch.export.export(model, args, strict=False)
     except Exception as exc:
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__}: {type(exc).__name__}: "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -84,7 +86,8 @@ class DependencyGraph:
         self.propagation = prop
         self.notes = list(prop.notes)
         module_of = _module_of_params(model)
-        groups, self._root_unit, self._roots = _groups(prop)
+        with _gc_paused():  # hundreds of thousands of small objects; collections only cost time
+            groups, self._root_unit, self._roots = _groups(prop)
         self.groups = tuple(
             replace(g, modules=tuple(sorted({module_of.get(f, f) for f, _ in g.params()})))
             for g in groups
@@ -117,30 +120,33 @@ class DependencyGraph:
         layers and norms, ``hidden_size``/``input_size`` of recurrent layers, and head counts
         (attributes such as ``num_heads`` or ``all_head_size``) of modules that lost heads.
         """
-        plan = self.removal_plan(removals)
-        originals = dict(model.named_parameters(remove_duplicate=False))
-        originals |= dict(model.named_buffers(remove_duplicate=False))
-        by_tensor: dict[str, dict[int, list[int]]] = defaultdict(dict)
-        for (fqn, dim), indices in plan.items():
-            by_tensor[fqn][dim] = indices
-        # Smaller tensors are made first and handed to deepcopy, so nothing is copied twice.
-        memo: dict[int, object] = {}
-        for fqn, dims in by_tensor.items():
-            memo[id(originals[fqn])] = _sliced(originals[fqn], dims)
-        pruned = copy.deepcopy(model, memo)
-        _resync_modules(pruned, model)
-        self._resync_heads(pruned, removals)
-        return pruned
+        return self._copy(model, removals, "prune", share=False)
 
     def zero(self, model: nn.Module, removals: dict[int, Sequence[int]]) -> nn.Module:
         """A copy of ``model`` with the given units set to zero instead of removed (for checks)."""
+        return self._copy(model, removals, "zero", share=False)
+
+    def _copy(
+        self, model: nn.Module, removals: dict[int, Sequence[int]], how: str, share: bool
+    ) -> nn.Module:
+        """Pruned or zeroed copy; the changed tensors are made first and handed to deepcopy.
+
+        With ``share``, unchanged tensors are shared with ``model`` (for a throwaway copy).
+        """
         plan = self.removal_plan(removals)
-        zeroed = copy.deepcopy(model)
-        tensors = dict(zeroed.named_parameters()) | dict(zeroed.named_buffers())
-        with torch.no_grad():
-            for (fqn, dim), indices in plan.items():
-                tensors[fqn].index_fill_(dim, torch.tensor(indices), 0.0)
-        return zeroed
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors |= dict(model.named_buffers(remove_duplicate=False))
+        by_tensor: dict[str, dict[int, list[int]]] = defaultdict(dict)
+        for (fqn, dim), indices in plan.items():
+            by_tensor[fqn][dim] = indices
+        memo: dict[int, object] = {id(t): t for t in tensors.values()} if share else {}
+        for fqn, dims in by_tensor.items():
+            memo[id(tensors[fqn])] = (_sliced if how == "prune" else _zeroed)(tensors[fqn], dims)
+        new = copy.deepcopy(model, memo)
+        if how == "prune":
+            _resync_modules(new, model)
+            self._resync_heads(new, removals)
+        return new
 
     # ----- heads -----
     def _find_head_splits(self) -> list[_HeadSplit]:
@@ -148,7 +154,7 @@ class DependencyGraph:
         for split in self.propagation.splits:
             if not split.is_heads or split.outer_by_position:
                 continue
-            lead, heads, head_dim = split.ids.shape
+            _, heads, head_dim = split.ids.shape
             units = tuple(self._root_unit.get(int(self._roots[i])) for i in split.ids[0, :, 0])
             out.append(_HeadSplit(split.module, heads, head_dim, units))
         return out
@@ -179,7 +185,9 @@ class DependencyGraph:
             batches[kind_of.get(split.module, split.module)] |= self._groups_of(split.ids)
         drop: set[int] = set()
         for kind, groups in batches.items():
-            removals = {gi: [self.groups[gi].size // 2] for gi in groups if self.groups[gi].size > 1}
+            removals = {
+                gi: [self.groups[gi].size // 2] for gi in groups if self.groups[gi].size > 1
+            }
             if not removals:
                 continue
             failure = _try_removal(self, model, args, removals)
@@ -207,9 +215,12 @@ class DependencyGraph:
                 new_index[g.index] = len(kept)
                 kept.append(replace(g, index=len(kept)))
         self.groups = tuple(kept)
-        self._root_unit = {
-            r: (new_index[gi], pos) for r, (gi, pos) in self._root_unit.items() if gi in new_index
-        }
+        with _gc_paused():
+            self._root_unit = {
+                r: (new_index[gi], pos)
+                for r, (gi, pos) in self._root_unit.items()
+                if gi in new_index
+            }
         self._head_splits = self._find_head_splits()
 
 
@@ -235,7 +246,9 @@ def build_dependency_graph(
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)
+        ... )
         >>> graph = build_dependency_graph(net, torch.randn(1, 3, 16, 16))
         >>> [(g.size, g.modules) for g in graph.groups]
         [(8, ('0', '1', '3'))]
@@ -265,10 +278,12 @@ def _try_removal(
 ) -> str | None:
     """Why pruning ``removals`` is not exact on ``args`` (None when it is)."""
     try:
-        pruned = graph.prune(model, removals).eval()
-        zeroed = graph.zero(model, removals).eval()
+        pruned = graph._copy(model, removals, "prune", share=True).eval()
         with torch.no_grad():
-            got, want = _pytree.tree_leaves(pruned(*args)), _pytree.tree_leaves(zeroed(*args))
+            got = _pytree.tree_leaves(pruned(*args))
+        zeroed = graph._copy(model, removals, "zero", share=True).eval()
+        with torch.no_grad():
+            want = _pytree.tree_leaves(zeroed(*args))
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     for a, b in zip(got, want, strict=False):
@@ -282,6 +297,17 @@ def _try_removal(
             if not diff <= 1e-4 * scale:
                 return f"output differs from the zeroed model by {diff:.3g}"
     return None
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _module_of_params(model: nn.Module) -> dict[str, str]:
@@ -350,27 +376,35 @@ def _assemble(
     if not len(r):
         return [], {}
     cut = np.flatnonzero((np.diff(r) != 0) | (np.diff(k) != 0)) + 1
-    starts, ends = np.concatenate([[0], cut]).tolist(), np.concatenate([cut, [len(r)]]).tolist()
-    run_root, run_key = r[starts], k[starts].tolist()
+    starts, ends = np.concatenate([[0], cut]), np.concatenate([cut, [len(r)]])
+    run_root, run_key = r[starts], k[starts]
+    # One Slice per run of (root, key); most runs are a single index.
+    index = i.tolist()
+    if (ends - starts == 1).all():
+        indices = [(x,) for x in index]
+    else:
+        indices = [tuple(index[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    fqns = [keys[x][0] for x in run_key.tolist()]
+    dims = [keys[x][1] for x in run_key.tolist()]
+    slices = list(map(Slice, fqns, dims, indices))
     unit_cut = np.flatnonzero(np.diff(run_root) != 0) + 1
     unit_starts = np.concatenate([[0], unit_cut]).tolist()
     unit_ends = np.concatenate([unit_cut, [len(run_root)]]).tolist()
-    index = i.tolist()
-    by_signature: dict[tuple, list[tuple[tuple[int, ...], int, Unit]]] = defaultdict(list)
-    for us, ue in zip(unit_starts, unit_ends, strict=True):
-        runs = range(us, ue)
-        signature = tuple((run_key[j], ends[j] - starts[j]) for j in runs)
-        slices = tuple(
-            Slice(*keys[run_key[j]], tuple(index[starts[j] : ends[j]])) for j in runs
-        )
-        by_signature[signature].append((slices[0].indices, int(run_root[us]), Unit(slices)))
+    # A unit's signature: which (parameter, dim) it touches and how many indices of each.
+    shape = np.ascontiguousarray(np.stack([run_key, ends - starts], axis=1).astype(np.int64))
+    raw, width = shape.tobytes(), shape.itemsize * 2
+    roots = run_root[unit_starts].tolist()
+    by_signature: dict[bytes, list[int]] = defaultdict(list)
+    for u, (a, b) in enumerate(zip(unit_starts, unit_ends, strict=True)):
+        by_signature[raw[a * width : b * width]].append(u)
     groups, root_unit = [], {}
     for gi, members in enumerate(by_signature.values()):
-        members.sort(key=lambda m: m[0])
-        kind = "heads" if any(root in heads for _, root, _ in members) else "channels"
-        for pos, (_, root, _) in enumerate(members):
-            root_unit[root] = (gi, pos)
-        groups.append(ChannelGroup(gi, tuple(unit for *_, unit in members), kind, ()))
+        members.sort(key=lambda u: slices[unit_starts[u]].indices)
+        units = tuple(Unit(tuple(slices[unit_starts[u] : unit_ends[u]])) for u in members)
+        kind = "heads" if any(roots[u] in heads for u in members) else "channels"
+        for pos, u in enumerate(members):
+            root_unit[roots[u]] = (gi, pos)
+        groups.append(ChannelGroup(gi, units, kind, ()))
     return groups, root_unit
 
 
@@ -409,6 +443,15 @@ def _sliced(tensor: Tensor, dims: dict[int, list[int]]) -> Tensor:
     if isinstance(tensor, nn.Parameter):
         return nn.Parameter(new.contiguous(), requires_grad=tensor.requires_grad)
     return new.contiguous()
+
+
+def _zeroed(tensor: Tensor, dims: dict[int, list[int]]) -> Tensor:
+    new = tensor.detach().clone()
+    for dim, removed in dims.items():
+        new.index_fill_(dim, torch.tensor(removed, dtype=torch.long), 0.0)
+    if isinstance(tensor, nn.Parameter):
+        return nn.Parameter(new, requires_grad=tensor.requires_grad)
+    return new
 
 
 def _resync_modules(pruned: nn.Module, original: nn.Module) -> None:

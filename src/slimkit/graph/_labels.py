@@ -80,7 +80,7 @@ class IdSpace:
         return np.arange(start, self.next_id, dtype=np.int64)
 
     def couple(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Couple ``a`` and ``b`` position by position (after broadcasting); untracked is skipped."""
+        """Couple ``a`` and ``b`` position by position (broadcast); untracked ones are skipped."""
         a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
         keep = (a >= 0) & (b >= 0) & (a != b)
         if not keep.any():

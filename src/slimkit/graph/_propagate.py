@@ -155,12 +155,15 @@ class Walker:
         if handler is None:
             if not _produces_tensor(node):
                 return None
-            top = (module or "").split(".")[0]
+            way_out = (
+                f"Pass ignore=[{module!r}] (or a module above it) to keep the channels it touches."
+                if module
+                else "It runs in the top-level forward(); move it into a submodule and ignore that."
+            )
             raise UnsupportedOperationError(
                 f"the dependency graph does not know the operation {_op_name(node)} "
                 f"(in module {module or '<top level>'!r}), so it cannot tell which channels it "
-                f"couples. Pass ignore=[{top!r}] (or a deeper module path) to keep the channels "
-                "it touches."
+                f"couples. {way_out}"
             )
         return handler(self, node)
 
@@ -271,21 +274,33 @@ class Walker:
     def meet(self, operands: list[np.ndarray], shapes: list[Sequence[int]]) -> np.ndarray:
         """Operands of one rank meeting position by position; returns the result's ids.
 
-        Ids at the same (broadcast) position are coupled. An operand that cannot be sliced (a
-        constant, untracked) but spans a dimension that carries channels fixes those channels.
-        A dimension along which some fully tracked operand is constant ends up in one
-        component per position, so it is collapsed to size 1 (keeps labels small).
+        Ids at the same (broadcast) position are coupled. A fixed operand broadcast along every
+        dimension where the others carry channels (an attention mask over heads) constrains
+        nothing. An operand that cannot be sliced (a constant, untracked) but spans a dimension
+        that carries channels fixes those channels. A dimension along which some fully tracked
+        operand is constant ends up in one component per position, so it is collapsed to size
+        1 (keeps labels small).
         """
         shape = np.broadcast_shapes(*(a.shape for a in operands))
-        result = operands[0]
-        for other in operands[1:]:
+        varying = [{d for d, n in enumerate(a.shape) if n > 1} for a in operands]
+        passive = [
+            bool((a == FIXED).all())
+            and not any(real[d] > 1 for j, v in enumerate(varying) if j != i for d in v)
+            for i, (a, real) in enumerate(zip(operands, shapes, strict=True))
+        ]
+        active = [a for a, p in zip(operands, passive, strict=True) if not p] or operands[:1]
+        result = active[0]
+        for other in active[1:]:
             self.space.couple(result, other)
             result = np.where(result >= 0, result, other)
+        for a, p in zip(operands, passive, strict=True):
+            if p:
+                result = np.where(result >= 0, result, a)
         result = np.broadcast_to(result, shape)
         tracked = [d for d, n in enumerate(shape) if n > 1]
-        full = [bool((a >= 0).all()) for a in operands]
-        for a, real, is_full in zip(operands, shapes, full, strict=True):
-            if not is_full and any(real[d] > 1 for d in tracked):
+        full = [bool((a >= 0).all()) and not p for a, p in zip(operands, passive, strict=True)]
+        for a, real, is_full, p in zip(operands, shapes, full, passive, strict=True):
+            if not is_full and not p and any(real[d] > 1 for d in tracked):
                 hole = (np.broadcast_to(a, shape) == UNTRACKED) & (result >= 0)
                 if hole.any():
                     self.space.fix(result[hole])
@@ -319,7 +334,11 @@ class Walker:
                 )
             shape = self.shape(node)
             kept = tuple(n if n > 1 else 1 for n in shape)
-            ids = self.space.alloc(math.prod(kept), ParamElements(fqn, shape)).reshape(kept)
+            if math.prod(kept) == 1:
+                # A single number (a temperature, a ReZero gate) can never be sliced: fixed.
+                ids = np.full(kept, FIXED, dtype=np.int64)
+            else:
+                ids = self.space.alloc(math.prod(kept), ParamElements(fqn, shape)).reshape(kept)
             self.param_elems[fqn] = Labels(ids, shape)
         return self.param_elems[fqn]
 

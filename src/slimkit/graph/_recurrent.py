@@ -15,17 +15,22 @@ import numpy as np
 from torch.fx import Node
 
 from slimkit.graph._labels import Labels
-from slimkit.graph._propagate import Walker, aligned, aten, axis, rule
+from slimkit.graph._propagate import UnsupportedOperationError, Walker, aligned, axis, rule
 
-_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # gate blocks stacked in the rows
 
 
 @rule("lstm", "gru", "rnn_tanh", "rnn_relu")
 def _rnn(w: Walker, node: Node) -> Any:
+    if node.target._overloadname != "input":
+        raise UnsupportedOperationError(
+            f"{node.target} (packed sequences) in module {w.module_path(node)!r}: pass padded "
+            "batches, or ignore that module to keep its units."
+        )
     x, hx, params = node.args[0], node.args[1], list(node.args[2])
     has_biases, num_layers = bool(node.args[3]), int(node.args[4])
     dirs = 2 if bool(node.args[7]) else 1
-    gates = _GATES[node.target.overloadpacket.__name__.split(".")[-1]]
+    gates = _GATES[node.target.overloadpacket.__name__]
     per = 4 if has_biases else 2
     if len(params) != per * num_layers * dirs:
         # LSTM projections (proj_size) add weights whose shapes this rule does not follow.
@@ -60,6 +65,3 @@ def _rnn(w: Walker, node: Node) -> Any:
         ids = np.tile(units, dirs) if v is node.meta["val"][0] else units
         outs.append(Labels(ids.reshape((1,) * (len(shape) - 1) + (-1,)), shape))
     return outs
-
-
-_ = aten

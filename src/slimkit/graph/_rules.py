@@ -36,7 +36,7 @@ from slimkit.graph._propagate import (
     "tanh", "tanh_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_",
     "hardtanh", "hardtanh_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_",
     "mish", "mish_", "dropout", "dropout_", "feature_dropout", "alpha_dropout",
-    "clone", "contiguous", "alias", "detach", "_to_copy", "to",
+    "clone", "contiguous", "alias", "detach", "detach_", "_to_copy", "to", "lift",
     "neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "erf",
     "clamp", "clamp_", "clamp_min", "clamp_max", "square", "sign",
     "softplus", "lift_fresh_copy", "bernoulli", "bernoulli_", "div_", "mul_", "add_", "sub_",
@@ -44,7 +44,11 @@ from slimkit.graph._propagate import (
     "add", "sub", "mul", "div", "maximum", "minimum", "where", "pow",
     "eq", "ne", "lt", "le", "gt", "ge", "masked_fill", "masked_fill_",
     "logical_and", "logical_or", "rsub", "fmod", "remainder", "copy", "copy_",
-    "addcmul", "addcdiv", "lerp", "bitwise_and", "bitwise_or", "fill", "fill_",
+    "addcmul", "addcdiv", "lerp", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
+    "__and__", "__or__", "__xor__", "__invert__", "logical_xor", "fill", "fill_",
+    "trunc", "frac", "tan", "atan", "atan2", "asin", "acos", "sinh", "cosh", "exp2", "log2",
+    "log10", "sgn", "nan_to_num", "xlogy", "gelu_backward", "logit", "selu", "celu", "glu_jvp",
+    "float_power", "true_divide", "floor_divide", "heaviside", "hypot", "copysign", "signbit",
 )  # fmt: skip
 def _pointwise(w: Walker, node: Node) -> Labels:
     """Position by position: every tensor operand's channels meet the others'."""
@@ -117,6 +121,8 @@ def _linear(w: Walker, node: Node) -> Labels:
     ids = out_ids.reshape((1,) * (len(out_shape) - 1) + (-1,))
     rest = x_lab.ids[..., :1]
     if len(out_shape) > 1 and any(n > 1 for n in rest.shape):
+        if w.param_fqn(x) is not None:
+            w.space.fix(rest)  # a table read by a layer (position coordinates) keeps its rows
         rest = rest.reshape((1,) * (ids.ndim - rest.ndim) + rest.shape)
         ids = w.meet([rest, ids], [rest.shape, ids.shape])
     return Labels(ids, out_shape)
@@ -169,7 +175,8 @@ def _group_norm(w: Walker, node: Node) -> Labels:
 def _embedding(w: Walker, node: Node) -> Labels:
     """Looked-up rows carry the table's columns; the indices are positions, never channels."""
     weight, indices = node.args[0], node.args[1]
-    _, dim_ids = w.weight_dims(weight)
+    rows, dim_ids = w.weight_dims(weight)
+    w.space.fix(rows)  # token ids address rows by position
     idx = w.labels(indices)
     if idx is not None:
         w.space.fix(idx.ids)
@@ -467,7 +474,9 @@ def _slice(w: Walker, node: Node) -> Labels:
         start, length = int(node.args[2]), int(node.args[3])
         positions = range(size)[start : start + length]
     else:
-        positions = range(size)[slice(arg(node, 2, "start"), arg(node, 3, "end"), arg(node, 4, "step"))]
+        positions = range(size)[
+            slice(arg(node, 2, "start"), arg(node, 3, "end"), arg(node, 4, "step"))
+        ]
     if positions == range(size):
         return Labels(x_lab.ids, out_shape)  # the whole dimension: nothing moves
     w.space.fix(x_lab.ids)
@@ -557,4 +566,3 @@ def _factory(w: Walker, node: Node) -> Labels:
       "_assert_scalar", "sym_constrain_range_for_size", "_local_scalar_dense")  # fmt: skip
 def _no_tensor(w: Walker, node: Node) -> None:
     return None
-
