@@ -230,16 +230,18 @@ def _reduce(w: Walker, node: Node) -> Any:
     """A sum over fewer channels is still exact (the rest were zero); a mean or max is not."""
     x_lab = w.labels(node.args[0])
     ndim = len(x_lab.shape)
-    dims_arg = arg(node, 1, "dim", None)
+    packet = node.target.overloadpacket
+    # norm(x, p, dim, keepdim): the order of the norm comes before the dims.
+    first = 2 if packet in (aten.norm, aten.linalg_vector_norm) else 1
+    dims_arg = arg(node, first, "dim", None)
     if dims_arg is None or (isinstance(dims_arg, list | tuple) and len(dims_arg) == 0):
         dims = list(range(ndim))
     else:
         dims = [norm_dim(int(d), ndim) for d in _as_list(dims_arg)]
-    packet = node.target.overloadpacket
     if packet in (aten.var, aten.std, aten.var_mean):
         keepdim = bool(node.kwargs.get("keepdim", False))
     else:
-        keepdim = bool(arg(node, 2, "keepdim", False))
+        keepdim = bool(arg(node, first + 1, "keepdim", False))
     reduced_tracked = [d for d in dims if x_lab.ids.shape[d] > 1]
     if reduced_tracked and packet is not aten.sum:
         w.space.fix(x_lab.ids)

@@ -80,8 +80,14 @@ def prune(
         current = graph.prune(current, removals)
         after = measure(current)
         removed = sum(len(v) for v in removals.values())
-        log(f"prune step {step}/{config.steps}: removed {removed}/{graph.num_units} units, "
-            f"{config.target} {before:,.4g} -> {after:,.4g} (goal {goal:,.4g})")  # fmt: skip
+        measured = (
+            ""
+            if config.target == "channels"
+            else (f", {config.target} {before:,.4g} -> {after:,.4g} (goal {goal:,.4g})")
+        )
+        log(
+            f"prune step {step}/{config.steps}: removed {removed}/{graph.num_units} units{measured}"
+        )
         if history is not None:
             history.append(PruneStep(step, removed, graph.num_units, before, after))
         if config.finetune is not None:
