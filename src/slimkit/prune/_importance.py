@@ -39,30 +39,44 @@ def _slice_sums(
     graph: DependencyGraph, tensors: dict[str, Tensor], power: int, weights_only: bool
 ) -> list[np.ndarray]:
     """Sum of |t|^power over each unit's slices of the given tensors."""
+    return _weight_and_all_sums(graph, tensors, power)[0 if weights_only else 1]
+
+
+def _weight_and_all_sums(
+    graph: DependencyGraph, tensors: dict[str, Tensor], power: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-unit sums over weight matrices only, and over every tensor, in one pass."""
+    powered: dict[str, Tensor] = {}
     reduced: dict[tuple[str, int], np.ndarray] = {}
 
     def per_index(fqn: str, dim: int) -> np.ndarray:
+        # One |t|^p per tensor and one reduction per (tensor, dim), however many slices use it.
         if (fqn, dim) not in reduced:
-            t = tensors[fqn].detach().abs().float() ** power
+            if fqn not in powered:
+                powered[fqn] = tensors[fqn].detach().abs().float() ** power
+            t = powered[fqn]
             other = [d for d in range(t.ndim) if d != dim]
             reduced[(fqn, dim)] = (t.sum(dim=other) if other else t).numpy()
         return reduced[(fqn, dim)]
 
-    out = []
+    weights, everything = [], []
     for group in graph.groups:
-        scores = np.zeros(group.size)
+        w_scores, a_scores = np.zeros(group.size), np.zeros(group.size)
         for i, unit in enumerate(group.units):
             for s in unit.slices:
-                if s.fqn in tensors and (not weights_only or tensors[s.fqn].ndim > 1):
-                    scores[i] += per_index(s.fqn, s.dim)[list(s.indices)].sum()
-        out.append(scores)
-    return out
+                if s.fqn not in tensors:
+                    continue
+                value = per_index(s.fqn, s.dim)[list(s.indices)].sum()
+                a_scores[i] += value
+                if tensors[s.fqn].ndim > 1:
+                    w_scores[i] += value
+        weights.append(w_scores)
+        everything.append(a_scores)
+    return weights, everything
 
 
 def _magnitude(model: nn.Module, graph: DependencyGraph, power: int) -> list[np.ndarray]:
-    params = dict(model.named_parameters())
-    scores = _slice_sums(graph, params, power, weights_only=True)
-    fallback = _slice_sums(graph, params, power, weights_only=False)
+    scores, fallback = _weight_and_all_sums(graph, dict(model.named_parameters()), power)
     # Groups touching no weight matrix (only norms or biases) use those instead.
     return [s if s.any() else f for s, f in zip(scores, fallback, strict=True)]
 
