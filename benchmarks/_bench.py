@@ -22,10 +22,15 @@ from slimkit._io import write_json
 from slimkit.env import collect_env
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, argv: Sequence[str] | None = None, *, trained: bool = False
+) -> argparse.Namespace:
+    """``--quick`` and ``--out``; with ``trained``, also ``--trained FOLDER`` to skip training."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="smoke run in under a minute")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
+    if trained:
+        parser.add_argument("--trained", type=Path, help="a trained model folder to start from")
     return parser.parse_args(argv)
 
 

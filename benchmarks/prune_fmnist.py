@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _bench import emit
+from _bench import emit, parse_args
 from torch import nn
 
 from slimkit.data import DataConfig, DataSplits, load_dataset
@@ -33,11 +33,7 @@ FINETUNE_EPOCHS = 3
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smoke run in under a minute")
-    parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
-    parser.add_argument("--trained", type=Path, help="a trained fmnist_resnet folder to start from")
-    args = parser.parse_args()
+    args = parse_args(__doc__, trained=True)
     threads = os.cpu_count()
     subset = DataConfig(train_subset=2000, test_subset=1000)
     data = load_dataset(subset if args.quick else DataConfig())

@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch
-from _bench import emit
+from _bench import emit, parse_args
 from rich.console import Console
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -65,11 +65,7 @@ Row = dict[str, Any]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smoke run in under a minute")
-    parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
-    parser.add_argument("--trained", type=Path, help="a trained fmnist_resnet folder to start from")
-    args = parser.parse_args()
+    args = parse_args(__doc__, trained=True)
     torch.set_num_threads(1)  # two cores shared with other jobs: one thread everywhere
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     data = load_dataset(

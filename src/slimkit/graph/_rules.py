@@ -147,13 +147,7 @@ def _batch_norm(w: Walker, node: Node) -> Any:
 @rule("layer_norm", "native_layer_norm", "rms_norm")
 def _layer_norm(w: Walker, node: Node) -> Any:
     """Statistics over channels change when channels go, so normalized channels are kept."""
-    x_lab = w.labels(node.args[0])
-    w.space.fix(x_lab.ids)
-    for i in (2, 3):
-        param = arg(node, i, "")
-        if isinstance(param, Node):
-            for ids in w.weight_dims(param):
-                w.space.fix(ids)
+    x_lab = _fix_normalized(w, node, weight_args=(2, 3))
     if node.target.overloadpacket is aten.native_layer_norm:
         return [Labels(x_lab.ids, x_lab.shape), None, None]
     return Labels(x_lab.ids, w.shape(node))
@@ -162,13 +156,20 @@ def _layer_norm(w: Walker, node: Node) -> Any:
 @rule("group_norm")
 def _group_norm(w: Walker, node: Node) -> Labels:
     """Group statistics span channels: kept, like layer norm."""
+    x_lab = _fix_normalized(w, node, weight_args=(2, 3))
+    return Labels(x_lab.ids, w.shape(node))
+
+
+def _fix_normalized(w: Walker, node: Node, weight_args: tuple[int, ...]) -> Labels:
+    """Keep the channels a norm computes statistics over, and its affine parameters."""
     x_lab = w.labels(node.args[0])
     w.space.fix(x_lab.ids)
-    for i in (2, 3):
+    for i in weight_args:
         param = arg(node, i, "")
         if isinstance(param, Node):
-            w.space.fix(w.weight_dims(param)[0])
-    return Labels(x_lab.ids, w.shape(node))
+            for ids in w.weight_dims(param):
+                w.space.fix(ids)
+    return x_lab
 
 
 @rule("embedding")
