@@ -18,6 +18,16 @@ MODULES = [
     "slimkit.serialize",
     "slimkit.train",
     "slimkit.train._config",
+    "slimkit.compile",
+    "slimkit.compile._fuse",
+    "slimkit.quantize",
+    "slimkit.quantize._config",
+    "slimkit.quantize._fake",
+    "slimkit.quantize._float",
+    "slimkit.quantize._observers",
+    "slimkit.quantize._ptq",
+    "slimkit.quantize._quantize",
+    "slimkit.quantize._step",
 ]
 
 

@@ -3,7 +3,12 @@
 Nothing is pickled: the structure is rebuilt from the model registry (name and keyword
 arguments), then reshaped by the recorded edits (the shapes of tensors that pruning changed and
 the module attributes that changed with them, such as ``out_channels``), then the weights are
-loaded from safetensors.
+loaded from safetensors. Folded and quantized models are edits too: tensors the registered model
+lacks (a bias created by folding batch norm, quantization parameters) and layers whose class
+became a registered subclass (a fake-quantized ``Conv2d``, see :func:`register_module_type`).
+Weights that are mostly zeros (unstructured pruning) are stored as a bitmask plus their non-zero
+values (see :mod:`slimkit._storage`) when that is smaller, so the file size, which the profiler
+reports, is what a sparse model really costs on disk.
 
 Example:
     >>> import tempfile, torch
@@ -18,16 +23,17 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save_model as _save_safetensors
 from torch import nn
 
 from slimkit._io import atomic_path, write_json
+from slimkit._storage import load_sparse_state, save_sparse, sparse_pays
 from slimkit.errors import SerializationError
 from slimkit.models import ModelSpec, create_model
 
@@ -37,6 +43,7 @@ __all__ = [
     "SPEC_FILE",
     "load_model",
     "model_spec",
+    "register_module_type",
     "save_model",
     "save_weights",
 ]
@@ -45,6 +52,11 @@ FORMAT = "slimkit-model"
 VERSION = 1
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
+
+_MODULE_TYPES: dict[str, type[nn.Module]] = {}
+# Modules that register slimkit's own module types, imported when a saved model names a type
+# not registered yet (so load_model works without importing slimkit.quantize first).
+_BUILTIN_MODULE_TYPES = ("slimkit.quantize._fake",)
 
 
 def model_spec(model: nn.Module) -> ModelSpec:
@@ -60,9 +72,16 @@ def model_spec(model: nn.Module) -> ModelSpec:
     return spec
 
 
-def save_weights(model: nn.Module, path: str | Path) -> Path:
-    """Write the model's parameters and buffers to a safetensors file, atomically."""
+def save_weights(model: nn.Module, path: str | Path, *, sparse: bool = True) -> Path:
+    """Write the model's parameters and buffers to a safetensors file, atomically.
+
+    With ``sparse`` (the default), tensors that are smaller stored as bitmask + non-zero values
+    are written that way (exactly; :func:`load_model` reads both forms). A model with no such
+    tensor, or ``sparse=False``, gives a plain safetensors file that any tool reads.
+    """
     path = Path(path)
+    if sparse and sparse_pays(model.state_dict()):
+        return save_sparse(model, path)
     with atomic_path(path) as tmp:
         # safetensors' save_model handles tied weights, which save_file refuses.
         _save_safetensors(model, str(tmp), metadata={"format": FORMAT})
@@ -83,27 +102,89 @@ def save_model(model: nn.Module, folder: str | Path) -> Path:
     return folder
 
 
+def register_module_type(cls: type[nn.Module], name: str | None = None) -> type[nn.Module]:
+    """Let models holding ``cls`` modules be saved as structure edits, under ``name``.
+
+    ``cls`` must subclass the layer it replaces (``QuantConv2d`` is an ``nn.Conv2d``) and add
+    only parameters, buffers and plain attributes (ints, floats, strings, tuples of them), which
+    the edits record. Loading rebuilds the registered model, turns the layer into ``cls`` in
+    place (its ``__class__``; no constructor runs), adds the recorded tensors and sets the
+    recorded attributes. Usable as a class decorator.
+
+    Example:
+        >>> from torch import nn
+        >>> @register_module_type
+        ... class DocScaledLinear(nn.Linear):
+        ...     def forward(self, x):
+        ...         return super().forward(x) * self.factor
+        >>> sorted(n for n in _MODULE_TYPES if n.startswith("Doc"))
+        ['DocScaledLinear']
+    """
+    key = name or cls.__name__
+    known = _MODULE_TYPES.get(key)
+    same = known is not None and (known.__module__, known.__qualname__) == (
+        cls.__module__,
+        cls.__qualname__,
+    )  # a re-executed definition (module reload, doctest) replaces its earlier self
+    if known is not None and not same:
+        raise SerializationError(
+            f"module type {key!r} is already registered for {known.__module__}.{known.__name__}."
+        )
+    _MODULE_TYPES[key] = cls
+    return cls
+
+
+def _module_type_name(cls: type[nn.Module]) -> str | None:
+    return next((k for k, v in _MODULE_TYPES.items() if v is cls), None)
+
+
+def _module_type(name: str) -> type[nn.Module]:
+    if name not in _MODULE_TYPES:
+        for provider in _BUILTIN_MODULE_TYPES:
+            importlib.import_module(provider)
+    if name not in _MODULE_TYPES:
+        raise SerializationError(
+            f"module type {name!r} is not registered: import the package that defines it "
+            "(it calls slimkit.serialize.register_module_type) before load_model."
+        )
+    return _MODULE_TYPES[name]
+
+
 def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
     """How ``model`` differs from a fresh ``reference`` of the same spec, as JSON data.
 
-    ``shapes`` lists tensors whose shape changed, ``attributes`` the plain-valued module
-    attributes (ints, floats, strings, tuples of them) that changed, ``identities`` the modules
-    replaced by ``nn.Identity`` (removed blocks); that is all pruning changes. Any other
-    replaced module cannot be described this way and is refused.
+    ``shapes`` lists tensors whose shape changed, ``dtypes`` those whose dtype changed,
+    ``added`` the tensors the reference lacks (a bias created by folding batch norm, the
+    quantization parameters of a quantized layer: shape, dtype and whether parameter or buffer),
+    ``attributes`` the plain-valued module attributes (ints, floats, strings, tuples of them)
+    that changed or were added, ``identities`` the modules replaced by ``nn.Identity`` (removed
+    blocks), ``module_types`` the modules whose class became a registered subclass of their own
+    (see :func:`register_module_type`). Any other replaced module cannot be described this way
+    and is refused.
     """
     ref_modules = dict(reference.named_modules())
     attributes: dict[str, dict[str, Any]] = {}
     identities: list[str] = []
+    module_types: dict[str, str] = {}
     for name, module in model.named_modules():
         ref = ref_modules.get(name)
         if isinstance(module, nn.Identity) and ref is not None and type(ref) is not nn.Identity:
             identities.append(name)
             continue
-        if ref is None or type(ref) is not type(module):
+        if ref is not None and type(ref) is not type(module):
+            registered = _module_type_name(type(module))
+            if registered is None or not isinstance(module, type(ref)):
+                raise SerializationError(
+                    f"module {name!r} is a {type(module).__name__} but the registered model has "
+                    f"a {type(ref).__name__} there: only resized modules, modules replaced by "
+                    "nn.Identity and registered subclasses (register_module_type) can be saved "
+                    "as structure edits."
+                )
+            module_types[name] = registered
+        elif ref is None:
             raise SerializationError(
-                f"module {name!r} is a {type(module).__name__} but the registered model has "
-                f"{type(ref).__name__ if ref is not None else 'nothing'} there: only resized "
-                "modules can be saved as structure edits."
+                f"module {name!r} ({type(module).__name__}) does not exist in the registered "
+                "model: added modules cannot be saved as structure edits."
             )
         changed = {
             k: _jsonable(v)
@@ -113,32 +194,96 @@ def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
         if changed:
             attributes[name] = changed
     ref_tensors = _tensors(reference)
+    tensors = _tensors(model)
     shapes = {
         fqn: list(t.shape)
-        for fqn, t in _tensors(model).items()
+        for fqn, t in tensors.items()
         if fqn in ref_tensors and ref_tensors[fqn].shape != t.shape
     }
-    return {"identities": identities, "shapes": shapes, "attributes": attributes}
+    dtypes = {
+        fqn: _dtype_name(t.dtype)
+        for fqn, t in tensors.items()
+        if fqn in ref_tensors and ref_tensors[fqn].dtype != t.dtype
+    }
+    params = dict(model.named_parameters())
+    added = {
+        fqn: {
+            "shape": list(t.shape),
+            "dtype": _dtype_name(t.dtype),
+            "kind": "parameter" if fqn in params else "buffer",
+        }
+        for fqn, t in tensors.items()
+        if fqn not in ref_tensors
+    }
+    return {
+        "identities": identities,
+        "module_types": module_types,
+        "shapes": shapes,
+        "dtypes": dtypes,
+        "added": added,
+        "attributes": attributes,
+    }
 
 
 def _apply_structure(model: nn.Module, structure: dict[str, Any]) -> None:
     for name in structure.get("identities", []):
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())
-    for fqn, shape in structure.get("shapes", {}).items():
+    for name, type_name in structure.get("module_types", {}).items():
+        module, cls = model.get_submodule(name), _module_type(type_name)
+        if not issubclass(cls, type(module)):
+            raise SerializationError(
+                f"module {name!r} is a {type(module).__name__}; the saved {type_name} does not "
+                "derive from it."
+            )
+        module.__class__ = cls
+    shapes, dtypes = structure.get("shapes", {}), structure.get("dtypes", {})
+    for fqn in [*shapes, *(k for k in dtypes if k not in shapes)]:
         module_name, _, attr = fqn.rpartition(".")
         module = model.get_submodule(module_name)
         old = getattr(module, attr)
-        new = torch.empty(shape, dtype=old.dtype)
+        shape = shapes.get(fqn, list(old.shape))
+        dtype = _dtype(dtypes[fqn]) if fqn in dtypes else old.dtype
+        new = torch.empty(shape, dtype=dtype)
         if isinstance(old, nn.Parameter):
-            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+            requires_grad = old.requires_grad and dtype.is_floating_point
+            setattr(module, attr, nn.Parameter(new, requires_grad=requires_grad))
         else:
             module._buffers[attr] = new
+    for fqn, info in structure.get("added", {}).items():
+        module_name, _, attr = fqn.rpartition(".")
+        module = model.get_submodule(module_name)
+        dtype = _dtype(info["dtype"])
+        new = torch.empty(info["shape"], dtype=dtype)
+        if info.get("kind") == "parameter":
+            module.register_parameter(
+                attr, nn.Parameter(new, requires_grad=dtype.is_floating_point)
+            )
+        else:
+            module.register_buffer(attr, new)
     for name, attrs in structure.get("attributes", {}).items():
         module = model.get_submodule(name)
         for key, value in attrs.items():
             current = getattr(module, key, None)
             setattr(module, key, tuple(value) if isinstance(current, tuple) else value)
+    io_dtype = getattr(model, "slimkit_io_dtype", None)
+    if isinstance(io_dtype, str):
+        # A float16/bfloat16 model casts its inputs and outputs at the root with hooks, which
+        # are code, not data: the recorded attribute says to put them back.
+        from slimkit.quantize._float import install_io_cast
+
+        install_io_cast(model, _dtype(io_dtype))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise SerializationError(f"unknown tensor dtype {name!r} in the saved structure.")
+    return dtype
 
 
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -172,7 +317,7 @@ def load_model(folder: str | Path) -> nn.Module:
     spec = meta["model"]
     model = create_model(spec["name"], **spec.get("kwargs", {}))
     _apply_structure(model, meta.get("structure", {}))
-    _load_state(model, load_file(str(weights_path)), weights_path)
+    _load_state(model, load_sparse_state(weights_path), weights_path)
     return model.eval()
 
 

@@ -38,5 +38,5 @@ def test_kwargs_change_the_architecture_and_are_recorded() -> None:
     model = create_model("fmnist_resnet", widths=[8, 16, 32])
     assert model.fc.in_features == 32
     assert model.slimkit_spec.kwargs["widths"] == [8, 16, 32]
-    assert model.slimkit_spec.kwargs["stem_stride"] == 2  # defaults are recorded too
+    assert model.slimkit_spec.kwargs["stem_width"] == 16  # defaults are recorded too
     assert "fmnist_tiny" in list_models("fmnist_t*")

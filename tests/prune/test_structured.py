@@ -16,9 +16,7 @@ X = torch.zeros(1, 1, 28, 28)
 
 def widths(model: torch.nn.Module) -> dict[str, int]:
     return {
-        name: m.out_channels
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Conv2d)
+        name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
     }
 
 

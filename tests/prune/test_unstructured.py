@@ -32,6 +32,7 @@ from slimkit.train import TrainConfig, train
 RESNET_PRUNED = [
     "stages.0.0.conv1",
     "stages.0.0.conv2",
+    "stages.0.0.shortcut.0",
     "stages.1.0.conv1",
     "stages.1.0.conv2",
     "stages.1.0.shortcut.0",
@@ -71,7 +72,12 @@ def test_default_layers_skip_the_stem_and_the_classifier(resnet) -> None:
     only_linear = UnstructuredConfig(layer_types=("linear",), skip_first=False, skip_last=False)
     assert prunable_layers(resnet, only_linear) == ["fc"]
     ignored = UnstructuredConfig(ignore=("stages.2", "*.shortcut.0"))
-    assert prunable_layers(resnet, ignored) == RESNET_PRUNED[:4]
+    assert prunable_layers(resnet, ignored) == [
+        "stages.0.0.conv1",
+        "stages.0.0.conv2",
+        "stages.1.0.conv1",
+        "stages.1.0.conv2",
+    ]
 
 
 def test_global_sparsity_is_exact_and_takes_the_smallest_magnitudes(resnet) -> None:
@@ -120,13 +126,13 @@ def test_sparsity_stats_count_layers_and_the_whole_model(resnet) -> None:
     stats = sparsity_stats(sparse)
     assert [la.name for la in stats.layers] == ["stem.0", *RESNET_PRUNED, "fc"]
     assert stats.layers[0].sparsity == 0.0 and stats.layers[-1].sparsity == 0.0
-    assert stats.layers[1].shape == (32, 32, 3, 3) and stats.layers[1].kind == "Conv2d"
+    assert stats.layers[1].shape == (32, 16, 3, 3) and stats.layers[1].kind == "Conv2d"
     assert stats.params == sum(p.numel() for p in resnet.parameters())
     assert stats.zeros == sum(int((p == 0).sum()) for p in sparse.parameters())
     assert 0.75 < stats.model_sparsity < stats.sparsity < 0.8
     row = stats.rows()[1]
-    assert row == {"layer": "stages.0.0.conv1", "type": "Conv2d", "shape": "32x32x3x3",
-                   "params": 9216, "zeros": round(0.8 * 9216), "sparsity": 0.8}  # fmt: skip
+    assert row == {"layer": "stages.0.0.conv1", "type": "Conv2d", "shape": "32x16x3x3",
+                   "params": 4608, "zeros": 3686, "sparsity": 0.7999}  # fmt: skip
 
 
 # --- the result is a plain module ------------------------------------------------------------
@@ -223,7 +229,7 @@ def test_sparse_file_reloads_exactly_and_is_small(resnet, tmp_path: Path) -> Non
     sparse = sparsify(resnet, UnstructuredConfig(sparsity=0.8))
     sparse.stages[0][0].bn1.running_mean.uniform_()  # buffers travel too
     path = save_sparse(sparse, tmp_path / "sparse.safetensors")
-    dense = save_weights(sparse, tmp_path / "dense.safetensors")
+    dense = save_weights(sparse, tmp_path / "dense.safetensors", sparse=False)
     ratio = path.stat().st_size / dense.stat().st_size
     assert ratio <= 0.35  # the bar, on the real model
     torch.manual_seed(1)
@@ -347,12 +353,12 @@ def test_recipe_step_reports_sparsity_and_sizes(tmp_path: Path) -> None:
     assert info["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert 0 < info["model_sparsity"] < info["sparsity"]
     step_dir = run.out_dir / "steps" / "01-sparsify"
-    sparse_file = step_dir / info["sparse_file"]
+    sparse_file = step_dir / "model.safetensors"  # the runner's copy is stored sparse
     assert info["sparse_bytes"] == sparse_file.stat().st_size
     assert info["size_ratio"] == pytest.approx(info["sparse_bytes"] / info["dense_bytes"], abs=1e-4)
     assert info["size_ratio"] < 0.6
     assert [h["sparsity"] for h in info["history"]] == [pytest.approx(0.7, abs=1e-3)]
-    # The runner's dense copy and the sparse file hold the same weights.
+    # load_model (structure + sparse weights) and load_sparse read the same weights.
     saved = load_model(step_dir)
     again = load_sparse(sparse_file, create_model("fmnist_tiny"))
     for a, b in zip(saved.state_dict().values(), again.state_dict().values(), strict=True):
@@ -363,7 +369,7 @@ def test_recipe_step_reports_sparsity_and_sizes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["slimkit.prune._unstructured", "slimkit.prune._storage", "slimkit.prune._sparse_step"]
+    "name", ["slimkit.prune._unstructured", "slimkit._storage", "slimkit.prune._sparse_step"]
 )
 def test_docstring_examples_run(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)

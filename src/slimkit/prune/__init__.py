@@ -18,10 +18,10 @@ Example:
 
 from __future__ import annotations
 
+from slimkit._storage import load_sparse, load_sparse_state, save_sparse
 from slimkit.prune._config import StructuredConfig
 from slimkit.prune._importance import register_importance, unit_scores
 from slimkit.prune._layers import LayerConfig, drop_layers, residual_blocks
-from slimkit.prune._storage import load_sparse, load_sparse_state, save_sparse
 from slimkit.prune._structured import PruneStep, prune
 from slimkit.prune._unstructured import (
     LayerSparsity,

@@ -6,9 +6,9 @@ Example recipe::
       - train: {epochs: 3}
       - sparsify: {sparsity: 0.8, schedule: cubic, finetune: {epochs: 3, lr: 0.02}}
 
-The step writes ``model.sparse.safetensors`` (see :mod:`slimkit.prune._storage`) beside the
-step's dense ``model.safetensors``; its info holds the per-layer sparsity, the total sparsity of
-the pruned layers and of the whole model, and both file sizes.
+The step's ``model.safetensors`` stores the zeros as a bitmask (see :mod:`slimkit._storage`); its
+info holds the per-layer sparsity, the total sparsity of the pruned layers and of the whole model,
+and the file size sparse and dense.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 from torch import nn
 
-from slimkit.prune._storage import save_sparse
 from slimkit.prune._unstructured import (
     UnstructuredConfig,
     prunable_layers,
@@ -29,9 +28,7 @@ from slimkit.prune._unstructured import (
 from slimkit.recipe import StepContext, StepOutput, register_step
 from slimkit.serialize import save_weights
 
-__all__ = ["SPARSE_FILE", "sparsify_info", "sparsify_step"]
-
-SPARSE_FILE = "model.sparse.safetensors"
+__all__ = ["sparsify_info", "sparsify_step"]
 
 
 @register_step("sparsify", UnstructuredConfig)
@@ -45,14 +42,14 @@ def sparsify_step(model: nn.Module, config: UnstructuredConfig, ctx: StepContext
     """
     history: list[dict[str, Any]] = []
     sparse = sparsify(model, config, ctx.data, history=history)
-    info = sparsify_info(sparse, prunable_layers(model, config), ctx.step_dir / SPARSE_FILE)
+    info = sparsify_info(sparse, prunable_layers(model, config))
     if history:
         info["history"] = history
     return StepOutput(sparse, info)
 
 
-def sparsify_info(model: nn.Module, pruned: list[str], sparse_path: Path) -> dict[str, Any]:
-    """Write ``model`` sparse to ``sparse_path`` and describe its sparsity and sizes as JSON.
+def sparsify_info(model: nn.Module, pruned: list[str]) -> dict[str, Any]:
+    """Describe ``model``'s sparsity and its file size, sparse and dense, as JSON.
 
     Example:
         >>> import tempfile, torch
@@ -60,13 +57,14 @@ def sparsify_info(model: nn.Module, pruned: list[str], sparse_path: Path) -> dic
         >>> layer = torch.nn.Sequential(torch.nn.Linear(64, 64))
         >>> with torch.no_grad():
         ...     _ = layer[0].weight[:48].zero_()
-        >>> info = sparsify_info(layer, ["0"], Path(tempfile.mkdtemp()) / "m.safetensors")
+        >>> info = sparsify_info(layer, ["0"])
         >>> info["sparsity"], info["size_ratio"] < 0.5
         (0.75, True)
     """
-    sparse_bytes = save_sparse(model, sparse_path).stat().st_size
-    with tempfile.TemporaryDirectory(prefix="slimkit-dense-") as tmp:
-        dense_bytes = save_weights(model, Path(tmp) / "model.safetensors").stat().st_size
+    with tempfile.TemporaryDirectory(prefix="slimkit-size-") as tmp:
+        sparse_bytes = save_weights(model, Path(tmp) / "sparse.safetensors").stat().st_size
+        dense_bytes = save_weights(model, Path(tmp) / "dense.safetensors", sparse=False)
+        dense_bytes = dense_bytes.stat().st_size
     stats = sparsity_stats(model)
     chosen = set(pruned)
     return {
@@ -75,6 +73,5 @@ def sparsify_info(model: nn.Module, pruned: list[str], sparse_path: Path) -> dic
         "dense_bytes": dense_bytes,
         "sparse_bytes": sparse_bytes,
         "size_ratio": round(sparse_bytes / dense_bytes, 4),
-        "sparse_file": sparse_path.name,
         "layers": [{**row, "pruned": row["layer"] in chosen} for row in stats.rows()],
     }

@@ -3,7 +3,7 @@
 The weights keep their shapes; the zeros are written into them. Nothing is left behind on the
 model (no masks, no parametrizations, no hooks): the result is a plain ``nn.Module`` whose
 weights happen to hold zeros. Zeros alone make nothing faster in dense kernels; they pay on disk
-(see :mod:`slimkit.prune._storage`) and in sparse kernels, whose speed ``benchmarks/sparsity.py``
+(see :mod:`slimkit._storage`) and in sparse kernels, whose speed ``benchmarks/sparsity.py``
 measures.
 
 Example:

@@ -31,6 +31,10 @@ class Stage:
         info: What the step reported (training history, ...).
         vs_baseline: ``Comparison.ratios()`` against the baseline model, timed interleaved with it
             in the same measurement (``None`` for the baseline itself).
+        runtime: The runner that was measured (``torch-eager`` unless the step produced an
+            artifact for another runtime).
+        speedup_against: What ``vs_baseline`` compares with: ``baseline`` (the original model
+            in PyTorch), or a description of the step's own reference on the same runtime.
     """
 
     name: str
@@ -40,6 +44,8 @@ class Stage:
     profile: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
     vs_baseline: dict[str, Any] | None = None
+    runtime: str = "torch-eager"
+    speedup_against: str = "baseline"
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(asdict(self))
@@ -157,6 +163,11 @@ def _measured_how(stages: Sequence[Mapping[str, Any]]) -> str:
         f"batch {p.get('latency_batch')}, throughput at batch {p.get('throughput_batch')}. "
         "Ratios are against the baseline; the speed-up (above 1 is faster) comes from timing each "
         "stage interleaved with the baseline in one measurement."
+    ) + "".join(
+        f" Step {s['index']} ({s['name']}) was measured on {s.get('runtime')}, its speed-up "
+        f"against {s.get('speedup_against')} in the same run."
+        for s in stages[1:]
+        if s.get("runtime", "torch-eager") != "torch-eager"
     )
 
 
@@ -203,6 +214,11 @@ def _step_details(stages: Sequence[Mapping[str, Any]]) -> list[str]:
         parts.append(f"### Step {stage['index']}: {stage['name']}")
         config = stage["config"] or {}
         parts.append("Config: " + ", ".join(f"`{k}={_cell(v)}`" for k, v in config.items()))
+        if stage.get("runtime", "torch-eager") != "torch-eager":
+            parts.append(
+                f"Measured on **{stage['runtime']}**; speed-up against "
+                f"{stage.get('speedup_against')}."
+            )
         info = stage["info"]
         # Numbers and text first, as one list; then tables and structures, each under its name.
         simple = {k: v for k, v in info.items() if not isinstance(v, dict | list)}

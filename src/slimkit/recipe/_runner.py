@@ -15,7 +15,7 @@ from torch import nn
 from slimkit._runtime import log, progress_enabled, seed_everything, set_progress
 from slimkit.data import DataSplits, load_dataset
 from slimkit.env import collect_env
-from slimkit.measure import compare, profile
+from slimkit.measure import Runner, compare, profile
 from slimkit.models import create_model
 from slimkit.recipe._output import RunFolder
 from slimkit.recipe._report import Stage, build_report, jsonable, lookup
@@ -156,10 +156,21 @@ class _Run:
         handler = get_step(step.name).handler
         output = _as_output(handler(copy.deepcopy(model), step.config, ctx), step.name)
         seconds = time.perf_counter() - start
-        profile, ratios = _compare(self.baseline, output.model, data, self.recipe)
         self.folder.save_model(output.model, step_dir)
         config = step.config.model_dump(mode="json")
-        stage = Stage(step.name, index, config, seconds, profile, jsonable(output.info), ratios)
+        stage = Stage(step.name, index, config, seconds, {}, jsonable(output.info))
+        if output.artifact is None:
+            stage.profile, stage.vs_baseline = _compare(
+                self.baseline, output.model, data, self.recipe
+            )
+        else:
+            # An artifact for another runtime is timed against the float model on that same
+            # runtime: a speed-up over PyTorch eager would mix the runtime's gain with the step's.
+            against = output.reference if output.reference is not None else self.baseline
+            stage.profile, stage.vs_baseline = _compare(against, output.artifact, data, self.recipe)
+            stage.runtime = output.artifact.name
+            if output.reference is not None:
+                stage.speedup_against = f"the float model on {output.reference.name}"
         self._add_stage(stage)
         return output.model
 
@@ -196,7 +207,7 @@ def _profile(model: nn.Module, data: DataSplits, recipe: Recipe) -> dict[str, An
 
 
 def _compare(
-    baseline: nn.Module, model: nn.Module, data: DataSplits, recipe: Recipe
+    baseline: nn.Module | Runner, model: nn.Module | Runner, data: DataSplits, recipe: Recipe
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     # Timed interleaved with the baseline, so that the report's speed-ups are real ratios.
     result = compare(baseline, model, data.example_input(1), config=recipe.profile, data=data)

@@ -18,6 +18,7 @@ from slimkit.data import DataSplits
 from slimkit.errors import ConfigError
 
 if TYPE_CHECKING:
+    from slimkit.measure import Runner
     from slimkit.recipe._schema import Recipe
 
 __all__ = [
@@ -35,6 +36,7 @@ BUILTIN_STEP_MODULES: tuple[str, ...] = (
     "slimkit.train._step",
     "slimkit.prune._step",
     "slimkit.prune._sparse_step",
+    "slimkit.quantize._step",
 )
 """Modules that register the built-in steps when imported; each technique adds its own here."""
 
@@ -48,10 +50,16 @@ class StepOutput:
     Attributes:
         model: The model after the step.
         info: JSON-ready details (training history, pruned channels, ...) shown in the report.
+        artifact: What really runs after this step when it is not the module itself (an int8
+            ONNX Runtime session, a compiled backend): the report measures it instead.
+        reference: The float model on the artifact's runtime: the stage's speed-up is measured
+            against it (same runtime, same run) instead of against the baseline module.
     """
 
     model: nn.Module
     info: dict[str, Any] = field(default_factory=dict)
+    artifact: Runner | None = None
+    reference: Runner | None = None
 
 
 @dataclass(frozen=True)

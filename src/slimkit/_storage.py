@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from slimkit._io import atomic_path
 from slimkit.errors import SerializationError
 
-__all__ = ["SPARSE_FORMAT", "load_sparse", "load_sparse_state", "save_sparse"]
+__all__ = ["SPARSE_FORMAT", "load_sparse", "load_sparse_state", "save_sparse", "sparse_pays"]
 
 SPARSE_FORMAT = "slimkit-sparse"
 _VERSION = "1"
@@ -94,6 +94,26 @@ def save_sparse(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def sparse_pays(state: Mapping[str, Tensor], min_saving: float = 0.05) -> bool:
+    """Whether storing ``state`` sparse makes its file at least ``min_saving`` smaller.
+
+    The margin keeps ordinary dense models (a few all-zero buffers, such as fresh BatchNorm
+    means) in plain safetensors files that any tool reads.
+
+    Example:
+        >>> sparse_pays({"w": torch.zeros(64, 64)}), sparse_pays({"w": torch.ones(64, 64)})
+        (True, False)
+    """
+    dense = saved = 0
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        size = tensor.numel() * tensor.element_size()
+        dense += size
+        if _pays_sparse(name, tensor):
+            saved += size - _sparse_bytes(name, tensor)
+    return dense > 0 and saved >= min_saving * dense
 
 
 def load_sparse_state(path: str | Path) -> dict[str, Tensor]:
@@ -181,11 +201,14 @@ def _encode(
 def _pays_sparse(name: str, tensor: Tensor) -> bool:
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return False
-    size = tensor.element_size()
-    dense = tensor.numel() * size
+    return _sparse_bytes(name, tensor) < tensor.numel() * tensor.element_size()
+
+
+def _sparse_bytes(name: str, tensor: Tensor) -> int:
     nonzero = int(torch.count_nonzero(tensor))
-    sparse = math.ceil(tensor.numel() / 8) + nonzero * size + _HEADER_ENTRY + len(name)
-    return sparse < dense
+    return (
+        math.ceil(tensor.numel() / 8) + nonzero * tensor.element_size() + _HEADER_ENTRY + len(name)
+    )
 
 
 def _decode(

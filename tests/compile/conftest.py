@@ -1,0 +1,59 @@
+"""Fixtures of the compile tests: a briefly trained fmnist_resnet and its fp32 ONNX export."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit.data import DataSplits
+from slimkit.measure import ProfileConfig
+from slimkit.models import create_model
+from slimkit.train import TrainConfig, train
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # The test machine is shared: one intra-op thread everywhere.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def trained_resnet(fmnist_small: DataSplits) -> nn.Module:
+    """fmnist_resnet after two epochs on 2,000 real images (about 78 % test accuracy)."""
+    config = TrainConfig(epochs=2, lr=0.05, batch_size=64, threads=1, augment=False)
+    return train(create_model("fmnist_resnet"), config, fmnist_small).model.eval()
+
+
+@pytest.fixture(scope="session")
+def resnet_onnx(
+    trained_resnet: nn.Module, fmnist_small: DataSplits, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The trained resnet exported to fp32 ONNX (dynamic batch), checked against PyTorch."""
+    from slimkit.compile._onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "resnet.onnx"
+    return export_onnx(trained_resnet, fmnist_small.example_input(4), path)
+
+
+@pytest.fixture
+def quick_timing() -> ProfileConfig:
+    """Short timings, one thread, no child process."""
+    return ProfileConfig(
+        threads=1,
+        warmup=2,
+        min_runs=5,
+        max_seconds=0.2,
+        throughput_batch=16,
+        memory=False,
+        energy=False,
+    )
