@@ -43,7 +43,10 @@ def main() -> int:
         config = StructuredConfig(importance=importance, target="macs", keep=MACS_KEEP, round_to=8)
         pruned = prune(dense, config, data.example_input(1), data=data)
         epochs = 1 if args.quick else FINETUNE_EPOCHS
-        finetune = TrainConfig(epochs=epochs, lr=0.02, threads=threads)
+        # As the reference training: no augmentation, label smoothing (see RESNET_TRAINING).
+        finetune = TrainConfig(
+            epochs=epochs, lr=0.05, label_smoothing=0.1, augment=False, threads=threads
+        )
         tuned = train(pruned, finetune, data).model
         result = compare(dense, tuned, data.example_input(1), config=_timing(args.quick), data=data)
         r = result.ratios()

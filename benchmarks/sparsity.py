@@ -72,7 +72,7 @@ def main() -> int:
         DataConfig(train_subset=1000, test_subset=500) if args.quick else DataConfig()
     )
     dense = _dense(args, data)
-    finetune = TrainConfig(epochs=FINETUNE_EPOCHS, lr=0.02, threads=1)
+    finetune = TrainConfig(epochs=FINETUNE_EPOCHS, lr=0.02, augment=False, threads=1)
     if args.quick:
         finetune = finetune.model_copy(update=QUICK_TRAIN)
     config = UnstructuredConfig(sparsity=SPARSITY, schedule="cubic", finetune=finetune)

@@ -15,9 +15,10 @@ __all__ = ["DEFAULT_QAT", "ObserverName", "QuantConfig"]
 ObserverName = Literal["minmax", "moving_average", "percentile", "entropy", "mse"]
 LayerType = Literal["conv", "linear"]
 
-DEFAULT_QAT = TrainConfig(epochs=2, lr=0.005, schedule="cosine", weight_decay=0.0)
+DEFAULT_QAT = TrainConfig(epochs=2, lr=0.005, schedule="cosine", weight_decay=0.0, augment=False)
 """Fine-tuning used by ``method: qat`` when ``qat`` is not given: short, with a small learning
-rate, since it starts from a trained model and frozen PTQ scales."""
+rate, since it starts from a trained model and frozen PTQ scales; no augmentation (in short
+fine-tuning it costs more fit than it adds)."""
 
 
 class QuantConfig(Config):
