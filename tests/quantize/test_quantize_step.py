@@ -27,10 +27,13 @@ steps:
 
 
 def test_int8_step_keeps_the_fastest_faithful_format_and_measures_it_on_ort(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("onnxruntime")
-    run = run_recipe(load_recipe(RECIPE), tmp_path / "run", progress=False)
+    # A relative output folder, as `slimkit demo --out runs/demo` gives: the lowering works in
+    # scratch directories and must not lose its paths.
+    monkeypatch.chdir(tmp_path)
+    run = run_recipe(load_recipe(RECIPE), Path("run"), progress=False)
     trained, stage = run.report["stages"][1], run.report["stages"][2]
     info = stage["info"]
     assert stage["runtime"] == "onnxruntime"

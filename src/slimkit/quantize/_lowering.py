@@ -779,7 +779,9 @@ def _shape_str(shape: list[int | None]) -> str:
 def _preprocessed(source: Path, tmp_dir: Path, target: Path | None = None) -> Path:
     """``quant_pre_process`` of ``source`` (shape inference + basic graph optimizations)."""
     q = require("onnxruntime.quantization", "onnx", "int8 quantization with ONNX Runtime")
-    target = target or tmp_dir / f"{source.stem}.preprocessed.onnx"
+    # Absolute paths: the pre-processing runs in a scratch working directory.
+    source = source.resolve()
+    target = (target or tmp_dir / f"{source.stem}.preprocessed.onnx").resolve()
     with (
         atomic_path(target) as out,
         tempfile.TemporaryDirectory(prefix="slimkit-prep-") as scratch,
@@ -787,8 +789,8 @@ def _preprocessed(source: Path, tmp_dir: Path, target: Path | None = None) -> Pa
     ):
         # When symbolic shape inference fails, ONNX Runtime saves its partial model (and a side
         # file with all the weights, 90 MB for MiniLM) into the working directory: a scratch
-        # folder keeps that out of the user's. Hence absolute paths.
-        src, dst = str(source.resolve()), str(out.resolve())
+        # folder keeps that out of the user's.
+        src, dst = str(source), str(out)
         try:
             # auto_merge reconciles dims such as min(512, sequence) vs sequence in transformers.
             q.quant_pre_process(src, dst, auto_merge=True)
