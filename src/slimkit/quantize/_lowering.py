@@ -215,8 +215,7 @@ def int8_static_onnx(
     if options.calibrate_method == "percentile":
         extra["CalibPercentile"] = options.percentile
     extra |= options.extra_options
-    with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as tmp:
-        model_in = _preprocessed(source, Path(tmp)) if options.preprocess else source
+    with _quantizer_call("static", source, out_path, options) as (model_in, tmp, out):
         op_types = list(options.op_types_to_quantize or []) or None
         reader: _BatchReader | None = _BatchReader(name, batches)
         cache = None
@@ -225,33 +224,27 @@ def int8_static_onnx(
             # default for entropy (128 bins, 128 quantized bins) the KL search has one candidate
             # threshold, the full range: entropy would silently equal min-max. So ORT's own
             # calibrator runs here with `num_bins`, and quantize_static reads its ranges.
-            cache = Path(tmp) / "ranges.json"
-            _histogram_ranges(model_in, reader, options, op_types, methods, Path(tmp), cache)
+            cache = tmp / "ranges.json"
+            _histogram_ranges(model_in, reader, options, op_types, methods, tmp, cache)
             reader = None
-        with atomic_path(out_path) as out, contextlib.redirect_stdout(io.StringIO()):
-            try:
-                q.quantize_static(
-                    str(model_in),
-                    str(out),
-                    reader,
-                    quant_format=q.QuantFormat.QDQ
-                    if options.quant_format == "qdq"
-                    else q.QuantFormat.QOperator,
-                    op_types_to_quantize=op_types,
-                    per_channel=options.per_channel,
-                    reduce_range=_reduce_range(options.reduce_range),
-                    activation_type=types[options.activation_type],
-                    weight_type=types[options.weight_type],
-                    nodes_to_exclude=list(options.nodes_to_exclude),
-                    calibrate_method=methods[options.calibrate_method],
-                    extra_options=extra,
-                    calibration_cache_path=None if cache is None else str(cache),
-                )
-            except Exception as exc:
-                raise ConfigError(
-                    f"ONNX Runtime's static quantization of {source.name} failed with {options}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+        with contextlib.redirect_stdout(io.StringIO()):
+            q.quantize_static(
+                str(model_in),
+                str(out),
+                reader,
+                quant_format=q.QuantFormat.QDQ
+                if options.quant_format == "qdq"
+                else q.QuantFormat.QOperator,
+                op_types_to_quantize=op_types,
+                per_channel=options.per_channel,
+                reduce_range=_reduce_range(options.reduce_range),
+                activation_type=types[options.activation_type],
+                weight_type=types[options.weight_type],
+                nodes_to_exclude=list(options.nodes_to_exclude),
+                calibrate_method=methods[options.calibrate_method],
+                extra_options=extra,
+                calibration_cache_path=None if cache is None else str(cache),
+            )
     return Path(out_path)
 
 
@@ -273,25 +266,17 @@ def int8_dynamic_onnx(
     options = options or DynamicInt8Options()
     source = _existing(fp32_onnx)
     types = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
-    with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as tmp:
-        model_in = _preprocessed(source, Path(tmp)) if options.preprocess else source
-        with atomic_path(out_path) as out:
-            try:
-                q.quantize_dynamic(
-                    str(model_in),
-                    str(out),
-                    op_types_to_quantize=list(options.op_types_to_quantize or []) or None,
-                    per_channel=options.per_channel,
-                    reduce_range=_reduce_range(options.reduce_range),
-                    weight_type=types[options.weight_type],
-                    nodes_to_exclude=list(options.nodes_to_exclude),
-                    extra_options=dict(options.extra_options),
-                )
-            except Exception as exc:
-                raise ConfigError(
-                    f"ONNX Runtime's dynamic quantization of {source.name} failed with "
-                    f"{options}: {type(exc).__name__}: {exc}"
-                ) from exc
+    with _quantizer_call("dynamic", source, out_path, options) as (model_in, _, out):
+        q.quantize_dynamic(
+            str(model_in),
+            str(out),
+            op_types_to_quantize=list(options.op_types_to_quantize or []) or None,
+            per_channel=options.per_channel,
+            reduce_range=_reduce_range(options.reduce_range),
+            weight_type=types[options.weight_type],
+            nodes_to_exclude=list(options.nodes_to_exclude),
+            extra_options=dict(options.extra_options),
+        )
     return Path(out_path)
 
 
@@ -475,6 +460,7 @@ def default_int8_candidates(fp32_onnx: str | os.PathLike[str]) -> list[Int8Candi
     _, dtype, _ = _model_input(source)
     model = onnx.load(str(source), load_external_data=False)
     has_conv = any(node.op_type == "Conv" for node in model.graph.node)
+    shallow = _shallow_convs(model)
     if np.issubdtype(dtype, np.integer) or not has_conv:
         return [
             Int8Candidate("dynamic-pc", DynamicInt8Options(),
@@ -497,12 +483,34 @@ def default_int8_candidates(fp32_onnx: str | os.PathLike[str]) -> list[Int8Candi
                       "as static-u8s8-qdq with full 8-bit weights (saturates without VNNI)"),
         Int8Candidate("static-u8s8-qdq-pt", StaticInt8Options(per_channel=False),
                       "static QDQ, uint8 activations, int8 per-tensor weights"),
+        *([Int8Candidate("static-u8s8-qdq-pt-deep",
+                         StaticInt8Options(per_channel=False, nodes_to_exclude=shallow),
+                         f"as static-u8s8-qdq-pt, {len(shallow)} shallow conv(s) (fewer than "
+                         f"{_MIN_INT8_DEPTH} products per output) left in fp32")]
+          if shallow else []),
         Int8Candidate("static-s8s8-qdq", StaticInt8Options(activation_type="int8"),
                       "static QDQ, int8 activations and weights (ONNX Runtime's default)"),
         Int8Candidate("static-u8s8-qop", StaticInt8Options(quant_format="qoperator"),
                       "static QOperator (QLinearConv), uint8 activations, int8 weights"),
         Int8Candidate("dynamic-pc", DynamicInt8Options(), "dynamic int8, per-channel weights"),
     ]  # fmt: skip
+
+
+# An int8 dot-product kernel sums 4 (VNNI) or 2x2 (AVX2 pmaddubsw + pmaddwd) uint8 x int8 products
+# per lane; a conv whose output sums fewer products than this (a 3x3 stem on one input channel
+# sums 9) pays quantize/dequantize and padding for little arithmetic.
+_MIN_INT8_DEPTH = 16
+
+
+def _shallow_convs(model: Any) -> tuple[str, ...]:
+    """Names of the Conv nodes whose outputs each sum fewer than ``_MIN_INT8_DEPTH`` products."""
+    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        shape = shapes.get(node.input[1]) if node.op_type == "Conv" else None
+        if shape is not None and len(shape) >= 3 and math.prod(shape[1:]) < _MIN_INT8_DEPTH:
+            names.append(node.name)
+    return tuple(names)
 
 
 def int8_candidates(
@@ -704,6 +712,28 @@ def cpu_needs_reduce_range() -> bool:
 
 def _reduce_range(setting: bool | None) -> bool:
     return cpu_needs_reduce_range() if setting is None else setting
+
+
+@contextlib.contextmanager
+def _quantizer_call(
+    kind: str, source: Path, out_path: str | os.PathLike[str], options: Config
+) -> Iterator[tuple[Path, Path, Path]]:
+    """Scratch folder, ORT's pre-processing, an atomic output, and one error for any failure.
+
+    Yields ``(model to quantize, scratch folder, temporary output path)``; the output replaces
+    ``out_path`` only when the quantizer succeeded.
+    """
+    with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as scratch:
+        tmp = Path(scratch)
+        model_in = _preprocessed(source, tmp) if getattr(options, "preprocess", True) else source
+        with atomic_path(out_path) as out:
+            try:
+                yield model_in, tmp, out
+            except Exception as exc:
+                raise ConfigError(
+                    f"ONNX Runtime's {kind} quantization of {source.name} failed with "
+                    f"{options}: {type(exc).__name__}: {exc}"
+                ) from exc
 
 
 def _existing(path: str | os.PathLike[str]) -> Path:
