@@ -56,7 +56,7 @@ SPEC_FILE = "model.json"
 _MODULE_TYPES: dict[str, type[nn.Module]] = {}
 # Modules that register slimkit's own module types, imported when a saved model names a type
 # not registered yet (so load_model works without importing slimkit.quantize first).
-_BUILTIN_MODULE_TYPES = ("slimkit.quantize._fake",)
+_BUILTIN_MODULE_TYPES = ("slimkit.quantize._fake", "slimkit.compile._passes")
 
 
 def model_spec(model: nn.Module) -> ModelSpec:

@@ -45,6 +45,17 @@ def resnet_onnx(
     return export_onnx(trained_resnet, fmnist_small.example_input(4), path)
 
 
+@pytest.fixture(scope="session")
+def resnet_int8_onnx(
+    resnet_onnx: Path, fmnist_small: DataSplits, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The default static int8 (U8S8 QDQ, per-channel, min-max) on 128 real training images."""
+    from slimkit.quantize import int8_static_onnx
+
+    calib = fmnist_small.calibration_inputs(128)
+    return int8_static_onnx(resnet_onnx, calib, tmp_path_factory.mktemp("int8") / "u8s8.onnx")
+
+
 @pytest.fixture
 def quick_timing() -> ProfileConfig:
     """Short timings, one thread, no child process."""

@@ -52,9 +52,9 @@ def calib(fmnist_small: DataSplits) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def u8s8(resnet_onnx: Path, calib: torch.Tensor, tmp_path_factory) -> Path:
+def u8s8(resnet_int8_onnx: Path) -> Path:
     """The default static int8: U8S8 QDQ, per-channel weights, min-max calibration."""
-    return int8_static_onnx(resnet_onnx, calib, tmp_path_factory.mktemp("int8") / "u8s8.onnx")
+    return resnet_int8_onnx
 
 
 def test_static_int8_resnet_is_small_and_agrees_with_fp32(

@@ -12,12 +12,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from slimkit.cli import _compress, _env, _models, _profile, _train
+from slimkit.cli import _compile, _compress, _env, _models, _profile, _search, _train
 from slimkit.errors import SlimkitError
 
 __all__ = ["main"]
 
-_COMMANDS = (_profile, _train, _compress, _models, _env)
+_COMMANDS = (_profile, _train, _compress, _compile, _models, _env, _search)
 
 
 def build_parser() -> argparse.ArgumentParser:

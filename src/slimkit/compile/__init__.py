@@ -1,4 +1,10 @@
-"""Compiling: graph passes that rewrite a model for its runtime (fusions), and lowering to them.
+"""Compiling: inference passes, export, runtimes, and the fastest backend chosen by measurement.
+
+:func:`compile_model` runs the inference passes (:func:`apply_passes`: dropout removal, batch
+norm folding, activation fusion, each checked numerically), builds the model on every available
+backend (PyTorch eager and ``torch.compile``, ONNX Runtime, OpenVINO, ExecuTorch, TVM),
+compares each one's outputs with PyTorch, times them all in one interleaved run at the batch
+sizes asked for, and keeps the fastest faithful one.
 
 Example:
     >>> import torch
@@ -11,15 +17,58 @@ Example:
 
 from __future__ import annotations
 
+from slimkit.compile._backends import (
+    Backend,
+    BuildContext,
+    backend_unavailable,
+    get_backend,
+    list_backends,
+    register_backend,
+)
 from slimkit.compile._fuse import FoldedPair, batchnorm_pairs, fold_batchnorm
 from slimkit.compile._onnx import OnnxExportError, export_onnx
 from slimkit.compile._ort import OnnxRuntimeRunner
+from slimkit.compile._passes import (
+    DEFAULT_PASSES,
+    FusedConv1d,
+    FusedConv2d,
+    FusedLinear,
+    PassCheckError,
+    PassRecord,
+    apply_passes,
+    fuse_activations,
+    list_passes,
+    remove_dropout,
+)
+from slimkit.compile._select import BackendRow, CompileConfig, CompileResult, compile_model
+from slimkit.compile._torch import TorchCompileRunner
 
 __all__ = [
+    "DEFAULT_PASSES",
+    "Backend",
+    "BackendRow",
+    "BuildContext",
+    "CompileConfig",
+    "CompileResult",
     "FoldedPair",
+    "FusedConv1d",
+    "FusedConv2d",
+    "FusedLinear",
     "OnnxExportError",
     "OnnxRuntimeRunner",
+    "PassCheckError",
+    "PassRecord",
+    "TorchCompileRunner",
+    "apply_passes",
+    "backend_unavailable",
     "batchnorm_pairs",
+    "compile_model",
     "export_onnx",
     "fold_batchnorm",
+    "fuse_activations",
+    "get_backend",
+    "list_backends",
+    "list_passes",
+    "register_backend",
+    "remove_dropout",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -249,10 +250,31 @@ def _export(
     except ConfigError:
         raise
     except Exception as exc:
+        missing = _missing_operator(exc)
+        if missing:
+            raise OnnxExportError(
+                f"ONNX has no conversion for operator {missing}, which {type(model).__name__} "
+                "uses: run this model on a PyTorch backend (torch-eager, torch-compile), or "
+                "replace that operation in the model's forward."
+            ) from exc
         raise OnnxExportError(
             f"the {exporter} ONNX exporter failed on {type(model).__name__} with inputs of shape "
             f"{tuple(example.shape)}: {type(exc).__name__}: {str(exc)[:2000]}"
         ) from exc
+
+
+_NO_FUNCTION = re.compile(r"No ONNX function found for <OpOverload\(op='([^']+)'")
+
+
+def _missing_operator(exc: BaseException) -> str | None:
+    """The ATen/prims operator the exporter could not convert, if that is what failed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        match = _NO_FUNCTION.search(str(seen))
+        if match:
+            return match.group(1)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _strip_debug_info(path: Path) -> None:

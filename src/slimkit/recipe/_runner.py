@@ -123,10 +123,11 @@ class _Run:
         self.baseline = model
         self._add_stage(Stage("baseline", 0, None, 0.0, _profile(model, data, self.recipe)))
         models_before: list[tuple[str, nn.Module]] = []
+        artifact: Runner | None = None
         for index, step in enumerate(self.recipe.steps, start=1):
-            new_model = self._run_step(index, step, model, data, tuple(models_before))
+            output = self._run_step(index, step, model, data, tuple(models_before), artifact)
             models_before.append((step.name, model))
-            model = new_model
+            model, artifact = output.model, output.artifact
         return model
 
     def _run_step(
@@ -136,7 +137,8 @@ class _Run:
         model: nn.Module,
         data: DataSplits,
         models_before: tuple[tuple[str, nn.Module], ...],
-    ) -> nn.Module:
+        artifact_before: Runner | None,
+    ) -> StepOutput:
         total = len(self.recipe.steps)
         log(f"[{index}/{total}] {step.name}: starting")
         step_dir = self.folder.step_dir(index, step.name)
@@ -148,6 +150,7 @@ class _Run:
             recipe=self.recipe,
             index=index,
             name=step.name,
+            artifact_before=artifact_before,
         )
         # Each step starts from a known RNG state, whatever the earlier steps consumed.
         seed_everything(self.recipe.seed + index)
@@ -172,7 +175,7 @@ class _Run:
             if output.reference is not None:
                 stage.speedup_against = f"the float model on {output.reference.name}"
         self._add_stage(stage)
-        return output.model
+        return output
 
     def _add_stage(self, stage: Stage) -> None:
         self.stages.append(stage)

@@ -37,6 +37,7 @@ BUILTIN_STEP_MODULES: tuple[str, ...] = (
     "slimkit.prune._step",
     "slimkit.prune._sparse_step",
     "slimkit.quantize._step",
+    "slimkit.compile._step",
 )
 """Modules that register the built-in steps when imported; each technique adds its own here."""
 
@@ -75,6 +76,9 @@ class StepContext:
         recipe: The whole recipe being run.
         index: This step's position in the recipe, from 1.
         name: This step's name.
+        artifact_before: What the previous step's model really runs as, when it is not the
+            module itself (the int8 ONNX Runtime session of ``quantize``), else ``None``;
+            ``compile`` runs it on its runtimes too.
     """
 
     data: DataSplits
@@ -84,6 +88,7 @@ class StepContext:
     recipe: Recipe
     index: int
     name: str
+    artifact_before: Runner | None = None
 
     def model_before(self, step_name: str) -> nn.Module:
         """The model as it was before the most recent earlier step called ``step_name``.

@@ -1,0 +1,64 @@
+"""The ``compile`` recipe step: inference passes, then the fastest faithful backend, measured here.
+
+Example recipe::
+
+    steps:
+      - train: {epochs: 3}
+      - quantize: {dtype: int8}
+      - compile: {backend: auto, batch_sizes: [1, 64]}
+
+After ``quantize`` (int8 on ONNX Runtime), its int8 ONNX model joins the candidates as the
+``*-int8`` backends, checked by accuracy on held-out test samples. The step's model is the
+PyTorch model after the passes; the report measures the chosen backend's runner against PyTorch
+eager on the same model, and the step's info holds the whole backend table.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+from torch import nn
+
+from slimkit.compile._ort import OnnxRuntimeRunner
+from slimkit.compile._select import CompileConfig, compile_model
+from slimkit.measure._runner import TorchEagerRunner
+from slimkit.recipe import StepContext, StepOutput, register_step
+
+__all__ = ["CompileStepConfig", "compile_step"]
+
+
+class CompileStepConfig(CompileConfig):
+    """:class:`~slimkit.compile.CompileConfig` plus the data every backend is checked on.
+
+    Attributes:
+        check_samples: Test samples every backend's predictions are compared on (accuracy for
+            int8/bf16 backends, max error for fp32 ones).
+
+    Example:
+        >>> CompileStepConfig(backend="onnxruntime").check_samples
+        2000
+    """
+
+    check_samples: Annotated[int, Field(ge=1)] = 2000
+
+
+@register_step("compile", CompileStepConfig)
+def compile_step(model: nn.Module, config: CompileStepConfig, ctx: StepContext) -> StepOutput:
+    """Compile ``model`` for this machine: passes, every backend checked and timed, the fastest."""
+    inputs = ctx.data.test_inputs[: config.check_samples]
+    labels = ctx.data.test_labels[: config.check_samples]
+    lowered = ctx.artifact_before
+    result = compile_model(
+        model,
+        CompileConfig(**config.model_dump(exclude={"check_samples"})),
+        ctx.data.test_inputs[:1],
+        check_inputs=inputs,
+        check_labels=labels,
+        lowered_onnx=lowered.path if isinstance(lowered, OnnxRuntimeRunner) else None,
+        workdir=ctx.step_dir / "compiled",
+    )
+    info = result.to_dict()
+    return StepOutput(
+        result.model, info, artifact=result.runner, reference=TorchEagerRunner(result.model)
+    )
