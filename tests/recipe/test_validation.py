@@ -83,7 +83,7 @@ def _error(tmp_path: Path, text: str) -> str:
             [
                 "model.name",
                 "unknown model 'fmnist_resnt'",
-                "fmnist_cnn, fmnist_resnet, fmnist_tiny",
+                "fmnist_cnn, fmnist_resnet",
             ],
             id="unknown-model",
         ),
