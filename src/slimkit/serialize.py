@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,87 @@ def _module_type(name: str) -> type[nn.Module]:
     return _MODULE_TYPES[name]
 
 
+def _conv_args(module: nn.Module) -> dict[str, Any]:
+    names = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+             "groups", "padding_mode")  # fmt: skip
+    return {**{n: getattr(module, n) for n in names}, "bias": module.bias is not None}
+
+
+def _linear_args(module: nn.Module) -> dict[str, Any]:
+    return {"in_features": module.in_features, "out_features": module.out_features,
+            "bias": module.bias is not None}  # fmt: skip
+
+
+# The torch.nn classes a replaced module may be built from (see structure_edits), each with the
+# reader of its constructor arguments.
+_REPLACEMENT_TYPES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, Any]]]] = {
+    "Sequential": (nn.Sequential, lambda m: {}),
+    "Identity": (nn.Identity, lambda m: {}),
+    "Linear": (nn.Linear, _linear_args),
+    "Conv1d": (nn.Conv1d, _conv_args),
+    "Conv2d": (nn.Conv2d, _conv_args),
+}
+
+
+def _describe(module: nn.Module) -> dict[str, Any] | None:
+    """A replaced module as data: class name, constructor arguments, children; ``None`` when
+    it holds anything outside ``_REPLACEMENT_TYPES`` (a registered subclass of one of them is
+    described as that class; its own edits are recorded as for any module)."""
+    name = next((k for k, (cls, _) in _REPLACEMENT_TYPES.items() if type(module) is cls), None)
+    if name is None and _module_type_name(type(module)) is not None:
+        name = next((k for k, (cls, _) in _REPLACEMENT_TYPES.items()
+                     if isinstance(module, cls)), None)  # fmt: skip
+    if name is None or (name != "Sequential" and len(module._modules)):
+        return None
+    children = {}
+    for child_name, child in module.named_children():
+        described = _describe(child)
+        if described is None:
+            return None
+        children[child_name] = described
+    args = _REPLACEMENT_TYPES[name][1](module)
+    return {"type": name, "args": _jsonable(args), "children": children}
+
+
+def _build(tree: dict[str, Any]) -> nn.Module:
+    """The module :func:`_describe` described (fresh parameters; the weights load later)."""
+    name = tree.get("type")
+    if name not in _REPLACEMENT_TYPES:
+        raise SerializationError(
+            f"replaced module type {name!r} is not one slimkit can rebuild; known: "
+            f"{sorted(_REPLACEMENT_TYPES)}."
+        )
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in tree.get("args", {}).items()}
+    module = _REPLACEMENT_TYPES[name][0](**args)
+    for child_name, child in tree.get("children", {}).items():
+        module.add_module(child_name, _build(child))
+    return module
+
+
+def _replacements(reference: nn.Module, model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Modules of ``model`` that replace a module of another class in ``reference`` and are
+    built only from ``_REPLACEMENT_TYPES`` (a layer factorized into an ``nn.Sequential``)."""
+    ref_modules = dict(reference.named_modules())
+    found: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(f"{r}.") for r in found):
+            continue
+        ref = ref_modules.get(name)
+        if ref is None or type(ref) is type(module) or isinstance(module, nn.Identity):
+            continue
+        if _module_type_name(type(module)) is not None and isinstance(module, type(ref)):
+            continue  # a registered subclass of the same layer: module_types
+        tree = _describe(module)
+        if tree is not None:
+            found[name] = tree
+    return found
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
     """How ``model`` differs from a fresh ``reference`` of the same spec, as JSON data.
 
@@ -159,9 +241,16 @@ def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
     ``attributes`` the plain-valued module attributes (ints, floats, strings, tuples of them)
     that changed or were added, ``identities`` the modules replaced by ``nn.Identity`` (removed
     blocks), ``module_types`` the modules whose class became a registered subclass of their own
-    (see :func:`register_module_type`). Any other replaced module cannot be described this way
-    and is refused.
+    (see :func:`register_module_type`), ``replaced`` the modules replaced by a tree of plain
+    ``torch.nn`` layers (``Sequential``, ``Conv1d``, ``Conv2d``, ``Linear``, ``Identity``; a
+    factorized layer), as class names, constructor arguments and children. Those are applied
+    to ``reference`` (which is modified) before the other edits are computed, so later edits
+    inside them (pruning, quantization) are recorded as for any module. Any other replaced
+    module cannot be described this way and is refused.
     """
+    replaced = _replacements(reference, model)
+    for name, tree in replaced.items():
+        _set_module(reference, name, _build(tree))
     ref_modules = dict(reference.named_modules())
     attributes: dict[str, dict[str, Any]] = {}
     identities: list[str] = []
@@ -177,8 +266,8 @@ def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
                 raise SerializationError(
                     f"module {name!r} is a {type(module).__name__} but the registered model has "
                     f"a {type(ref).__name__} there: only resized modules, modules replaced by "
-                    "nn.Identity and registered subclasses (register_module_type) can be saved "
-                    "as structure edits."
+                    "nn.Identity or by plain layers (Sequential, Conv1d/2d, Linear), and "
+                    "registered subclasses (register_module_type) can be saved as structure edits."
                 )
             module_types[name] = registered
         elif ref is None:
@@ -216,6 +305,7 @@ def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
         if fqn not in ref_tensors
     }
     return {
+        "replaced": replaced,
         "identities": identities,
         "module_types": module_types,
         "shapes": shapes,
@@ -226,6 +316,8 @@ def structure_edits(reference: nn.Module, model: nn.Module) -> dict[str, Any]:
 
 
 def _apply_structure(model: nn.Module, structure: dict[str, Any]) -> None:
+    for name, tree in structure.get("replaced", {}).items():
+        _set_module(model, name, _build(tree))
     for name in structure.get("identities", []):
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())

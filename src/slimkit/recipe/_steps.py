@@ -38,6 +38,7 @@ BUILTIN_STEP_MODULES: tuple[str, ...] = (
     "slimkit.prune._sparse_step",
     "slimkit.quantize._step",
     "slimkit.compile._step",
+    "slimkit.decompose._step",
 )
 """Modules that register the built-in steps when imported; each technique adds its own here."""
 
