@@ -204,3 +204,82 @@ def _onnxruntime_int8(ctx: BuildContext) -> Runner:
 
     assert ctx.lowered_onnx is not None  # checked by _no_lowered
     return OnnxRuntimeRunner(ctx.lowered_onnx, threads=ctx.threads)
+
+
+def _with_threads(ctx: BuildContext, **defaults: Any) -> dict[str, Any]:
+    return {"threads": ctx.threads, **defaults, **ctx.options}
+
+
+@register_backend(
+    "openvino",
+    description="OpenVINO CPU plugin, fp32 (INFERENCE_PRECISION_HINT f32), from the ONNX export",
+    needs=("openvino",),
+    extra="openvino",
+)
+def _openvino(ctx: BuildContext) -> Runner:
+    from slimkit.compile._openvino import build_runner
+
+    return build_runner(ctx.model, ctx.example_inputs, ctx.fp32_onnx(), _with_threads(ctx))
+
+
+def _no_bf16(ctx: BuildContext | None) -> str | None:
+    from slimkit.compile._openvino import cpu_precisions
+
+    if "BF16" not in {p.upper() for p in cpu_precisions()}:
+        return "this CPU has no bf16 support in OpenVINO (needs AVX-512 BF16 or AMX)"
+    return None
+
+
+@register_backend(
+    "openvino-bf16",
+    precision="bf16",
+    description="OpenVINO CPU plugin computing in bf16",
+    needs=("openvino",),
+    extra="openvino",
+    unavailable=_no_bf16,
+)
+def _openvino_bf16(ctx: BuildContext) -> Runner:
+    from slimkit.compile._openvino import build_runner
+
+    options = _with_threads(ctx, precision="bf16")
+    return build_runner(ctx.model, ctx.example_inputs, ctx.fp32_onnx(), options)
+
+
+@register_backend(
+    "openvino-int8",
+    precision="int8",
+    description="OpenVINO CPU plugin on the quantize step's int8 ONNX model",
+    needs=("openvino",),
+    extra="openvino",
+    unavailable=_no_lowered,
+)
+def _openvino_int8(ctx: BuildContext) -> Runner:
+    from slimkit.compile._openvino import build_runner
+
+    return build_runner(ctx.model, ctx.example_inputs, ctx.lowered_onnx, _with_threads(ctx))
+
+
+@register_backend(
+    "executorch",
+    description="ExecuTorch with the XNNPACK delegate (a .pte file, the on-device route), fp32",
+    needs=("executorch",),
+    extra="executorch",
+)
+def _executorch(ctx: BuildContext) -> Runner:
+    from slimkit.compile._executorch import build_runner
+
+    options = _with_threads(ctx, path=str(ctx.workdir / "model.pte"))
+    return build_runner(ctx.model, ctx.example_inputs, None, options)
+
+
+@register_backend(
+    "tvm",
+    description="Apache TVM (Relax, LLVM for this CPU), tuned by MetaSchedule within a budget",
+    needs=("tvm",),
+    extra="tvm",
+)
+def _tvm(ctx: BuildContext) -> Runner:
+    from slimkit.compile._tvm import build_runner
+
+    options = _with_threads(ctx, out_dir=str(ctx.workdir / "tvm"))
+    return build_runner(ctx.model, ctx.example_inputs, None, options)

@@ -1,0 +1,122 @@
+"""The ExecuTorch (XNNPACK) runner: .pte export, dynamic batch, child spec, missing kernels."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit.data import DataSplits
+from slimkit.errors import ConfigError, MissingDependencyError
+from slimkit.measure import get_runner
+from slimkit.models import create_model
+
+pytest.importorskip("executorch")
+
+from slimkit.compile._executorch import (
+    ExecuTorchConfig,
+    ExecuTorchRunner,
+    build_runner,
+    export_pte,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("fmnist_tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def runner(tiny: nn.Module) -> Iterator[ExecuTorchRunner]:
+    built = build_runner(tiny, torch.randn(1, 1, 28, 28), None, ExecuTorchConfig(max_batch=32))
+    yield built
+    built.close()
+
+
+def test_registered_under_its_name() -> None:
+    assert get_runner("executorch") is ExecuTorchRunner
+
+
+def test_every_batch_up_to_the_bound_equals_pytorch(
+    runner: ExecuTorchRunner, tiny: nn.Module, fmnist_small: DataSplits
+) -> None:
+    assert runner.max_batch == 32
+    assert runner.fallback_ops == ["aten::view_copy"]  # flatten; the rest runs in XNNPACK
+    # 17 and 32 are past the batch of 15 that torch's fake conv kernel would otherwise leave
+    # as the program's bound (see the module docstring).
+    with torch.inference_mode():
+        for batch in (1, 2, 17, 32):
+            x = fmnist_small.test_inputs[:batch]
+            assert float((runner(x) - tiny(x)).abs().max()) <= 1e-4
+    with pytest.raises(ConfigError, match="at most 32 samples"):
+        runner(torch.zeros(33, 1, 28, 28))
+
+
+def test_artifact_is_the_pte_file_and_the_child_spec_rebuilds_it(
+    runner: ExecuTorchRunner, tiny: nn.Module
+) -> None:
+    assert runner.path.suffix == ".pte"
+    assert runner.artifact_size_bytes() == runner.path.stat().st_size > 0
+    assert runner.torch_module() is tiny
+    spec = runner.child_spec()
+    assert spec.payload == {"path": str(runner.path.resolve()), "threads": 1}
+    rebuilt = spec.build()
+    assert isinstance(rebuilt, ExecuTorchRunner)
+    x = torch.randn(5, 1, 28, 28)
+    torch.testing.assert_close(rebuilt(x), runner(x), atol=1e-6, rtol=0)
+    rebuilt.close()
+    with pytest.raises(ConfigError, match="closed"):
+        rebuilt(x)
+
+
+@pytest.mark.slow  # another export (about 10-20 s)
+def test_export_writes_a_static_program_where_asked(tiny: nn.Module, tmp_path: Path) -> None:
+    x = torch.randn(4, 1, 28, 28)
+    path, fallback = export_pte(tiny, x, tmp_path / "out" / "tiny.pte", dynamic_batch=False)
+    assert path.is_file() and set(fallback) <= {"aten::view_copy"}
+    assert [p.name for p in path.parent.iterdir()] == ["tiny.pte"]  # no temporary left
+    static = ExecuTorchRunner(path)
+    assert static.max_batch == 4
+    with torch.inference_mode():
+        torch.testing.assert_close(static(x), tiny(x), atol=1e-4, rtol=0)
+
+
+class _Sorts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sort(self.linear(x), dim=1).values
+
+
+@pytest.mark.slow  # another export (about 10 s)
+def test_an_operator_without_a_kernel_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no kernel for aten::sort"):
+        export_pte(_Sorts(), torch.randn(2, 8), tmp_path / "sorts.pte")
+    assert not (tmp_path / "sorts.pte").exists()
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no ExecuTorch program"):
+        ExecuTorchRunner(tmp_path / "missing.pte")
+    broken = tmp_path / "broken.pte"
+    broken.write_bytes(b"not a program")
+    with pytest.raises(ConfigError, match="cannot load"):
+        ExecuTorchRunner(broken)
+    with pytest.raises(ConfigError, match="invalid ExecuTorchConfig"):
+        build_runner(nn.Linear(2, 2), torch.zeros(1, 2), None, {"max_batch": 0})
+
+
+def test_a_missing_executorch_is_one_line_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch now fails
+    with pytest.raises(MissingDependencyError, match=r"slimkit\[executorch\]") as info:
+        build_runner(nn.Linear(2, 2), torch.zeros(1, 2), None)
+    assert "\n" not in str(info.value)
