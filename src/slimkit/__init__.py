@@ -19,7 +19,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 # Public name -> module that defines it. Imported on first use so that `import slimkit` stays
-# light and optional integrations are only loaded by the verbs that need them.
+# light and optional integrations are only loaded by the verbs that need them. The verbs of the
+# technique packages are not listed: their names are the packages' own, so they are called as
+# `slimkit.prune.prune(...)`, `slimkit.decompose.decompose(...)` and so on.
 _EXPORTS = {
     "profile": "slimkit.measure",
     "compare": "slimkit.measure",
@@ -29,6 +31,7 @@ _EXPORTS = {
     "create_model": "slimkit.models",
     "list_models": "slimkit.models",
     "register_model": "slimkit.models",
+    "DecomposeConfig": "slimkit.decompose",
     "load_dataset": "slimkit.data",
     "DataConfig": "slimkit.data",
     "save_model": "slimkit.serialize",
@@ -37,6 +40,8 @@ _EXPORTS = {
     "run_recipe": "slimkit.recipe",
     "register_step": "slimkit.recipe",
     "set_progress": "slimkit._runtime",
+    "DistillConfig": "slimkit.distill",
+    "SearchConfig": "slimkit.search",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -103,20 +103,22 @@ def test_config_checks() -> None:
         TvmConfig.parse({"batch_sizes": [0]})
 
 
-@pytest.mark.slow  # one tuning round of every kernel: 1-5 minutes on 2 busy cores
+@pytest.mark.slow  # a tuning round of one kernel: 1-3 minutes on 2 busy cores
 def test_a_second_compile_reuses_the_records_without_tuning(
     tiny: nn.Module, tmp_path: Path, fmnist_small: DataSplits
 ) -> None:
     x = fmnist_small.test_inputs[:1]
-    # A time budget of 1 s: one round (4 candidates per kernel), then the budget stops it.
+    # A time budget of 1 s: the heaviest kernel gets one round of 4 candidates, then the
+    # budget stops the tuning (the other kernels keep their untuned code).
     config = TvmConfig(tune_seconds=1, trials_per_round=4, cache_dir=tmp_path)
     first = build_runner(tiny, x, None, config)
     summary = first.tuning[1]
-    assert summary.stopped_by == "time" and summary.trials >= summary.tasks > 0
+    assert summary.stopped_by == "time" and 1 <= summary.trials <= 4 < summary.tasks
     records = Path(summary.directory)
     assert records == tuning_dir(tiny, x, config)
     lines = (records / "database_tuning_record.json").read_text().splitlines()
-    assert len(lines) >= summary.tasks  # every measured kernel has its records
+    assert len(lines) == summary.trials  # the measured candidates are in the database
+    assert len({json.loads(line)[0] for line in lines}) == 1  # all of one kernel
     saved = json.loads((records / "slimkit-tuning.json").read_text())
     assert saved["1"]["trials"] == summary.trials
     with torch.inference_mode():

@@ -26,6 +26,10 @@ class TensorLoader:
         augment: Random shifts (pad 2, crop) and horizontal flips, applied per batch.
         seed: Seed of the shuffle and augmentation.
         drop_last: Skip the last incomplete batch.
+        rank: This process's shard, in multi-process (data parallel) training.
+        world_size: Number of shards: every process draws the same shuffle of all samples and
+            keeps every ``world_size``-th one from position ``rank`` (the remainder of the
+            division is left out), so the shards are disjoint and of equal length.
 
     Example:
         >>> import torch
@@ -44,6 +48,8 @@ class TensorLoader:
         augment: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(inputs) != len(labels):
             raise DataError(f"{len(inputs)} inputs but {len(labels)} labels: they must match.")
@@ -51,18 +57,28 @@ class TensorLoader:
             raise DataError("the data set is empty.")
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}.")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank must be in [0, world_size={world_size}), got {rank}.")
+        if len(inputs) < world_size:
+            raise DataError(f"{len(inputs)} samples cannot be split into {world_size} shards.")
+        self.rank, self.world_size = rank, world_size
         self.inputs, self.labels = inputs, labels
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.seed, self.drop_last = seed, drop_last
         self.epoch = 0
 
     def __len__(self) -> int:
-        n = len(self.inputs)
+        n = self.shard_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     @property
     def num_samples(self) -> int:
         return len(self.inputs)
+
+    @property
+    def shard_size(self) -> int:
+        """Samples this process iterates over (all of them in one process)."""
+        return len(self.inputs) // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration use the shuffle of ``epoch`` (for resuming mid-training)."""
@@ -72,6 +88,10 @@ class TensorLoader:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.inputs)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:
+            order = order[: self.shard_size * self.world_size][self.rank :: self.world_size]
+            # Each shard its own augmentation draws, after the shuffle all shards share.
+            gen.manual_seed((self.seed * 100_003 + self.epoch) * 1_009 + self.rank + 1)
         self.epoch += 1
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start : start + self.batch_size]
@@ -117,12 +137,22 @@ class DataSplits:
         return len(self.classes)
 
     def train_loader(
-        self, batch_size: int, *, augment: bool = False, seed: int = 0
+        self,
+        batch_size: int,
+        *,
+        augment: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> TensorLoader:
-        """Shuffled training batches (the last partial batch dropped, for stable BatchNorm)."""
+        """Shuffled training batches (the last partial batch dropped, for stable BatchNorm).
+
+        ``rank``/``world_size`` select one process's shard in data-parallel training.
+        """
+        drop_last = len(self.train_inputs) // world_size > batch_size
         return TensorLoader(
-            self.train_inputs, self.train_labels, batch_size,
-            shuffle=True, augment=augment, seed=seed, drop_last=len(self.train_inputs) > batch_size,
+            self.train_inputs, self.train_labels, batch_size, shuffle=True, augment=augment,
+            seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
         )  # fmt: skip
 
     def test_loader(self, batch_size: int = 512) -> TensorLoader:

@@ -3,7 +3,7 @@
 Example:
     >>> import slimkit.models as models
     >>> models.list_models("fmnist_*")
-    ['fmnist_cnn', 'fmnist_resnet', 'fmnist_tiny']
+    ['fmnist_cnn', 'fmnist_resnet', 'fmnist_searched', 'fmnist_tiny']
     >>> net = models.create_model("fmnist_tiny")
     >>> net.slimkit_spec.name
     'fmnist_tiny'
@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from slimkit.models import _fmnist, _minilm  # noqa: F401  (registers the reference models)
+from slimkit.models import _fmnist, _minilm, _searched  # noqa: F401  (registers the models)
 from slimkit.models._registry import (
     ModelInfo,
     ModelSpec,

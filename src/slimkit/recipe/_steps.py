@@ -39,6 +39,8 @@ BUILTIN_STEP_MODULES: tuple[str, ...] = (
     "slimkit.quantize._step",
     "slimkit.compile._step",
     "slimkit.decompose._step",
+    "slimkit.distill._step",
+    "slimkit.search._step",
 )
 """Modules that register the built-in steps when imported; each technique adds its own here."""
 

@@ -15,7 +15,8 @@ class TrainConfig(Config):
 
     Attributes:
         epochs: Passes over the training set (0 evaluates only).
-        batch_size: Samples per optimizer step.
+        batch_size: Samples per optimizer step (under ``torchrun``: in all processes together,
+            split evenly among them).
         optimizer: ``sgd`` (Nesterov momentum) or ``adamw``.
         lr: Peak learning rate.
         momentum: SGD momentum.
@@ -25,7 +26,9 @@ class TrainConfig(Config):
         augment: Random shifts and horizontal flips of the training images.
         channels_last: Train in channels-last memory format (faster convs on CPUs).
         seed: Seed of initialization-independent randomness (shuffle, augmentation, dropout).
-        threads: Torch threads during training; ``None`` keeps the process setting.
+        threads: Torch threads during training; ``None`` keeps the process setting. Under
+            ``torchrun`` each process uses its share of the cores (``cores // processes``
+            on the machine), at most this many.
         max_minutes: Stop after the epoch that crosses this wall-clock budget.
         checkpoint_dir: Folder for an atomic checkpoint after every epoch.
         resume: Continue from ``checkpoint_dir`` when it holds a checkpoint of this config.
