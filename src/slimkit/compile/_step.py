@@ -8,7 +8,8 @@ Example recipe::
       - compile: {backend: auto, batch_sizes: [1, 64]}
 
 After ``quantize`` (int8 on ONNX Runtime), its int8 ONNX model joins the candidates as the
-``*-int8`` backends, checked by accuracy on held-out test samples. The step's model is the
+``*-int8`` backends, checked by accuracy on held-out test samples, and the float backends
+compile the float model from before ``quantize``. The step's model is the
 PyTorch model after the passes; the report measures the chosen backend's runner against PyTorch
 eager on the same model, and the step's info holds the whole backend table.
 """
@@ -49,6 +50,10 @@ def compile_step(model: nn.Module, config: CompileStepConfig, ctx: StepContext) 
     inputs = ctx.data.test_inputs[: config.check_samples]
     labels = ctx.data.test_labels[: config.check_samples]
     lowered = ctx.artifact_before
+    if isinstance(lowered, OnnxRuntimeRunner) and ctx.models_before[-1][0] == "quantize":
+        # The quantize step's module simulates int8 (fake-quant); the float backends compile
+        # the float model before it, and its real int8 model joins as the *-int8 backends.
+        model = ctx.models_before[-1][1]
     result = compile_model(
         model,
         CompileConfig(**config.model_dump(exclude={"check_samples"})),

@@ -10,7 +10,7 @@ Example recipe::
           alpha: 0.9
           train: {epochs: 3, lr: 0.05, augment: false}
 
-The teacher is, by default, the model as it was before the most recent compression step
+The teacher is, by default, the model as it was before the nearest run of compression steps
 (``prune``, ``decompose``, ``drop_layers`` or ``sparsify``) of the recipe; ``teacher: FOLDER``
 takes a model saved with :func:`slimkit.serialize.save_model` instead.
 """
@@ -40,7 +40,7 @@ class DistillStepConfig(DistillConfig):
 
     Attributes:
         teacher: A folder written by :func:`slimkit.serialize.save_model` (relative to the
-            current directory). By default: the model before the most recent compression step
+            current directory). By default: the model before the nearest run of compression steps
             of the recipe (one of :data:`TEACHER_STEPS`).
 
     Example:
@@ -88,9 +88,17 @@ def distill_step(model: nn.Module, config: DistillStepConfig, ctx: StepContext) 
 def _teacher(config: DistillStepConfig, ctx: StepContext) -> tuple[nn.Module, str]:
     if config.teacher is not None:
         return load_model(config.teacher), str(config.teacher)
+    # The model before the run of compression steps that ends nearest to this step: after
+    # `prune` then `decompose`, the teacher is the model before `prune`, not the pruned one.
+    found: tuple[int, str, nn.Module] | None = None
     for index, (name, model) in reversed(list(enumerate(ctx.models_before, start=1))):
         if name in TEACHER_STEPS:
-            return model, f"the model before step {index} ({name})"
+            found = (index, name, model)
+        elif found is not None:
+            break
+    if found is not None:
+        index, name, model = found
+        return model, f"the model before step {index} ({name})"
     earlier = ", ".join(name for name, _ in ctx.models_before) or "(none)"
     raise ConfigError(
         f"step {ctx.index} (distill) has no teacher: no earlier step compresses the model (one "
