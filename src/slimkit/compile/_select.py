@@ -8,7 +8,7 @@ one run, at each batch size asked for. The result holds the whole table.
 Example:
     >>> import torch
     >>> from slimkit.models import create_model
-    >>> config = CompileConfig(backends=("torch-eager", "onnxruntime"), max_seconds=0.2)
+    >>> config = CompileConfig(candidates=("torch-eager", "onnxruntime"), max_seconds=0.2)
     >>> result = compile_model(create_model("fmnist_tiny"), config, torch.zeros(1, 1, 28, 28))
     ... # doctest: +SKIP
     >>> result.backend in ("torch-eager", "onnxruntime")  # doctest: +SKIP
@@ -60,7 +60,7 @@ class CompileConfig(Config):
         min_cosine: Without labels, reduced-precision backends pass when the mean cosine of
             their outputs to PyTorch's is at least this.
         max_seconds: Timing budget per backend and batch size (interleaved rounds).
-        options: Options per backend, e.g. ``{"tvm": {"budget_seconds": 600}}``.
+        options: Options per backend, e.g. ``{"tvm": {"tune_seconds": 600}}``.
 
     Example:
         >>> CompileConfig(batch_sizes=(1, 64)).batch_sizes

@@ -7,8 +7,9 @@ a batch size not compiled ahead is compiled on its first call.
 
 Untuned TVM is slow on CPU: its kernels are plain loop nests. MetaSchedule tuning searches
 schedules for every fused kernel, measures them, and keeps the best in a database. It is bounded
-by a number of trials and by a time budget (checked after each measured round, so a round in
-flight finishes first) and shows its progress. Its records are cached per machine and model
+by a number of trials and by a time budget, tunes the heaviest kernels first, one kernel and
+round at a time (the budget is checked in between, so the kernel in flight finishes first),
+and shows its progress. Its records are cached per machine and model
 (``<cache>/tvm/<cpu-key>/<model-hash>/``, by default under ``~/.cache/slimkit``): the CPU key
 names the LLVM CPU and the thread count, the model hash covers the model's structure (not its
 weights) and the TVM version. A second compile of the same model finds its records there and
@@ -484,7 +485,8 @@ def _tune(mod: Any, target: Any, batch: int, config: TvmConfig, records: Path) -
     exhausted: set[int] = set()
     start = time.perf_counter()
     stopped_by = "trials"
-    with _tuning_environment(config.threads), callback.display():
+    scratch = Path(tempfile.mkdtemp(prefix="slimkit-ms-"))
+    with _tuning_environment(config.threads), callback.display(), _removed(scratch):
         # One kernel per MetaSchedule call, ``trials_per_round`` candidates each, round after
         # round: the budget is checked between calls (MetaSchedule cannot stop safely inside
         # one), and every call ends with its measurements in the database. One call over all
@@ -510,7 +512,7 @@ def _tune(mod: Any, target: Any, batch: int, config: TvmConfig, records: Path) -
                         tasks=contexts, task_weights=weights, work_dir=str(records),
                         max_trials_global=int(min(left, config.trials_per_round)),
                         num_trials_per_iter=config.trials_per_round,
-                        builder=_in_process_builder(), runner=runner, database=database,
+                        builder=_in_process_builder(scratch), runner=runner, database=database,
                         cost_model=cost_model,
                         measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                            callback.tvm_object],
@@ -652,12 +654,13 @@ def _progress_callback(config: TvmConfig) -> _Progress:
     return state
 
 
-def _in_process_builder() -> Any:
+def _in_process_builder(folder: Path) -> Any:
     """A MetaSchedule builder that compiles candidates in this process.
 
     The default ``LocalBuilder`` starts a fresh worker pool every round, and each worker
     imports all of TVM's tensor intrinsics (tens of seconds, more than its 30 s timeout on a
-    busy machine). LLVM builds of CPU kernels are short and safe to run here.
+    busy machine). LLVM builds of CPU kernels are short and safe to run here. Candidates are
+    written under ``folder``, which the caller deletes after the tuning.
     """
     ms = _meta_schedule()
     derived_object = importlib.import_module("tvm.ir.utils").derived_object
@@ -673,8 +676,7 @@ def _in_process_builder() -> Any:
                 try:
                     mod = remove_rewrite(skip_tensor_rewrite=True)(item.mod)
                     lib = build_tir(mod, target=item.target)
-                    folder = tempfile.mkdtemp(prefix="slimkit-ms-")
-                    path = os.path.join(folder, "candidate." + tar.output_format)
+                    path = os.path.join(tempfile.mkdtemp(dir=folder), "c." + tar.output_format)
                     lib.export_library(path, fcompile=tar)
                     results.append(ms.builder.BuilderResult(path, None))
                 except Exception as exc:  # a candidate that does not build is a failed trial
@@ -682,6 +684,14 @@ def _in_process_builder() -> Any:
             return results
 
     return _InProcessBuilder()
+
+
+@contextmanager
+def _removed(folder: Path) -> Iterator[Path]:
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
