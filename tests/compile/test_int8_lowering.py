@@ -188,9 +188,9 @@ def test_candidates_are_measured_and_the_best_passing_one_is_chosen(
 ) -> None:
     names = [c.name for c in default_int8_candidates(resnet_onnx)]
     assert names == [
-        "static-u8s8-qdq", "static-u8s8-qdq-8bit", "static-u8s8-qdq-pt", "static-s8s8-qdq",
-        "static-u8s8-qop", "dynamic-pc",
-    ]  # fmt: skip
+        "static-u8s8-qdq", "static-u8s8-qdq-8bit", "static-u8s8-qdq-pt",
+        "static-u8s8-qdq-pt-deep", "static-s8s8-qdq", "static-u8s8-qop", "dynamic-pc",
+    ]  # fmt: skip  (-deep: the 1-channel stem conv sums 9 products per output, kept fp32)
     selection = int8_candidates(
         resnet_onnx, fmnist_small.calibration_inputs(128), fmnist_small.test_inputs[:300],
         tmp_path, fidelity="agreement", min_fidelity=0.95, timing=quick_timing,
