@@ -85,8 +85,9 @@ def test_full_8bit_weights_saturate_on_cpus_without_vnni(
     fp32 = _predictions(resnet_onnx, x)
     err_auto = float((_predictions(u8s8, x) - fp32).abs().mean())
     err_full = float((_predictions(full, x) - fp32).abs().mean())
-    # Measured on an AVX2 EPYC: 0.16 vs 0.04 mean absolute logit error.
-    assert err_full > 2 * err_auto, (err_full, err_auto)
+    # Measured on AVX2 EPYCs: 0.16 vs 0.04 and 0.045 vs 0.033 mean absolute logit error (how
+    # much depends on the trained weights' magnitudes, which vary with the training run).
+    assert err_full > 1.2 * err_auto, (err_full, err_auto)
 
 
 @pytest.mark.parametrize(

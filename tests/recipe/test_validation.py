@@ -249,7 +249,8 @@ def test_programmatic_recipe_takes_config_objects() -> None:
 def test_builtin_demo_recipe() -> None:
     recipe = load_recipe(builtin_recipe())
     assert recipe.model.name == "fmnist_resnet" and recipe.data.name == "fashion-mnist"
-    assert [s.name for s in recipe.steps] == ["train", "prune", "train", "quantize"]
+    names = [s.name for s in recipe.steps]
+    assert names == ["train", "prune", "decompose", "distill", "quantize", "compile"]
     assert recipe.steps[1].config.target == "macs" and recipe.steps[1].config.keep == 0.5
     with pytest.raises(ConfigError, match="built-in recipes: demo"):
         builtin_recipe("nope")
