@@ -332,7 +332,7 @@ def _fidelity_problem(
         return None
     if ref_accuracy is not None and row.accuracy is not None:
         drop = 100 * (ref_accuracy - row.accuracy)
-        if drop > config.accuracy_tolerance:
+        if drop > config.accuracy_tolerance + 1e-9:  # "within 0.1 point" includes 0.1
             return f"accuracy {drop:.2f} points below fp32 (> {config.accuracy_tolerance})"
         return None
     if row.cosine is not None and row.cosine < config.min_cosine:
