@@ -188,10 +188,11 @@ def test_candidates_are_measured_and_the_best_passing_one_is_chosen(
     resnet_onnx: Path, fmnist_small: DataSplits, tmp_path: Path, quick_timing: ProfileConfig
 ) -> None:
     names = [c.name for c in default_int8_candidates(resnet_onnx)]
+    # -deep: the 1-channel stem conv sums 9 products per output and stays in fp32.
     assert names == [
         "static-u8s8-qdq", "static-u8s8-qdq-8bit", "static-u8s8-qdq-pt",
         "static-u8s8-qdq-pt-deep", "static-s8s8-qdq", "static-u8s8-qop", "dynamic-pc",
-    ]  # fmt: skip  (-deep: the 1-channel stem conv sums 9 products per output, kept fp32)
+    ]  # fmt: skip
     selection = int8_candidates(
         resnet_onnx, fmnist_small.calibration_inputs(128), fmnist_small.test_inputs[:300],
         tmp_path, fidelity="agreement", min_fidelity=0.95, timing=quick_timing,
