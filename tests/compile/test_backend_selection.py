@@ -118,6 +118,16 @@ def test_a_named_backend_that_cannot_run_is_an_error(fmnist_small: DataSplits) -
         )
 
 
+def test_a_backend_that_quantizes_by_itself_needs_calibration(fmnist_small: DataSplits) -> None:
+    pytest.importorskip("executorch")
+    with pytest.raises(ConfigError, match="'executorch-int8' cannot be used: skipped: no calib"):
+        compile_model(
+            create_model("fmnist_tiny"),
+            CompileConfig(backend="executorch-int8", **FAST),
+            fmnist_small.test_inputs[:1],
+        )
+
+
 class Zeta(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.special.zeta(x, x + 1.5)

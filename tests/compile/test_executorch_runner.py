@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slimkit.data import DataSplits
-from slimkit.errors import ConfigError, MissingDependencyError
+from slimkit.errors import ConfigError, DataError, MissingDependencyError
 from slimkit.measure import get_runner
 from slimkit.models import create_model
 
@@ -84,6 +84,45 @@ def test_export_writes_a_static_program_where_asked(tiny: nn.Module, tmp_path: P
     assert static.max_batch == 4
     with torch.inference_mode():
         torch.testing.assert_close(static(x), tiny(x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow  # quantize, export and lower (about 20-40 s)
+def test_int8_keeps_the_accuracy_of_a_trained_resnet_at_every_batch(
+    trained_resnet: nn.Module, fmnist_small: DataSplits
+) -> None:
+    calibration = fmnist_small.calibration_inputs(256)
+    options = ExecuTorchConfig(int8=True, max_batch=64)
+    int8 = build_runner(trained_resnet, fmnist_small.example_input(1), None, options, calibration)
+    try:
+        inputs, labels = fmnist_small.test_inputs, fmnist_small.test_labels
+        with torch.inference_mode():
+            reference = trained_resnet(inputs)
+        got = torch.cat([int8(inputs[i : i + 64]) for i in range(0, len(inputs), 64)])
+        float_acc = float((reference.argmax(1) == labels).float().mean())
+        int8_acc = float((got.argmax(1) == labels).float().mean())
+        assert abs(int8_acc - float_acc) <= 0.01  # 1,000 test images: 10 flips at most
+        assert float((got - reference).abs().max()) > 1e-4  # really int8, not fp32
+        # about a quarter of the fp32 program: int8 weights, fp32 scales and biases
+        fp32 = build_runner(trained_resnet, fmnist_small.example_input(1), None,
+                            ExecuTorchConfig(max_batch=64))  # fmt: skip
+        assert int8.artifact_size_bytes() < 0.4 * fp32.artifact_size_bytes()
+        fp32.close()
+        assert int8.fallback_ops is not None and set(int8.fallback_ops) <= {"aten::view_copy"}
+    finally:
+        int8.close()
+
+
+def test_int8_needs_real_calibration_before_any_work() -> None:
+    net, x = nn.Linear(4, 2), torch.zeros(1, 4)
+    with pytest.raises(ConfigError, match="needs calibration inputs"):
+        build_runner(net, x, None, {"int8": True})
+    with pytest.raises(DataError, match="got none"):
+        export_pte(net, x, "unused.pte", calibration=torch.zeros(0, 4))
+    with pytest.raises(DataError, match=r"shape \(3,\)"):
+        export_pte(net, x, "unused.pte", calibration=torch.zeros(8, 3))
+    with pytest.raises(DataError, match="NaN"):
+        export_pte(net, x, "unused.pte", calibration=torch.full((8, 4), float("nan")))
+    assert not Path("unused.pte").exists()
 
 
 class _Sorts(nn.Module):

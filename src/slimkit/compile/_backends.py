@@ -53,6 +53,7 @@ class BuildContext:
         threads: Intra-op threads the runner must use.
         options: This backend's options from :class:`~slimkit.compile.CompileConfig`.
         lowered_onnx: An ONNX file the model was already lowered to (int8), if any.
+        calibration: Real input samples for backends that quantize the model themselves.
     """
 
     model: nn.Module
@@ -61,6 +62,7 @@ class BuildContext:
     threads: int = 1
     options: dict[str, Any] = field(default_factory=dict)
     lowered_onnx: Path | None = None
+    calibration: Tensor | None = None
     _onnx: Path | None = None
 
     def fp32_onnx(self) -> Path:
@@ -270,6 +272,30 @@ def _executorch(ctx: BuildContext) -> Runner:
 
     options = _with_threads(ctx, path=str(ctx.workdir / "model.pte"))
     return build_runner(ctx.model, ctx.example_inputs, None, options)
+
+
+def _no_calibration(ctx: BuildContext | None) -> str | None:
+    if ctx is not None and ctx.calibration is None:
+        return (
+            "no calibration inputs (pass compile_model(..., calibration_inputs=); the recipe "
+            "step passes training samples)"
+        )
+    return None
+
+
+@register_backend(
+    "executorch-int8",
+    precision="int8",
+    description="ExecuTorch/XNNPACK int8 (XNNPACK's PT2E quantizer, calibrated here), a .pte",
+    needs=("executorch",),
+    extra="executorch",
+    unavailable=_no_calibration,
+)
+def _executorch_int8(ctx: BuildContext) -> Runner:
+    from slimkit.compile._executorch import build_runner
+
+    options = _with_threads(ctx, path=str(ctx.workdir / "model-int8.pte"), int8=True)
+    return build_runner(ctx.model, ctx.example_inputs, None, options, ctx.calibration)
 
 
 @register_backend(

@@ -3,7 +3,10 @@
 ExecuTorch is PyTorch's on-device route (what TFLite is for TensorFlow): :func:`export_pte`
 captures the model with ``torch.export`` (dynamic batch up to a bound), lowers the operations
 XNNPACK supports to its delegate (``to_edge_transform_and_lower`` with the
-``XnnpackPartitioner``) and writes a ``.pte`` program, atomically. :class:`ExecuTorchRunner`
+``XnnpackPartitioner``) and writes a ``.pte`` program, atomically. With calibration inputs it
+quantizes first, with XNNPACK's own PT2E quantizer (int8: per-channel symmetric weights,
+per-tensor activations calibrated on real samples), so XNNPACK runs its int8 kernels; this is
+ExecuTorch's documented int8 route, not slimkit's ONNX quantizer. :class:`ExecuTorchRunner`
 runs that file with ExecuTorch's runtime (the pybindings of the C++ runtime, the same program a
 phone would load); its artifact is the ``.pte`` file.
 
@@ -36,7 +39,7 @@ from slimkit._optional import require
 from slimkit._runtime import log
 from slimkit.compile._backend_common import as_config, check_threads, dynamic_batch_example
 from slimkit.config import Config
-from slimkit.errors import ConfigError
+from slimkit.errors import ConfigError, DataError
 from slimkit.measure._runner import Runner, RunnerSpec, _as_tensor, register_runner
 
 __all__ = ["ExecuTorchConfig", "ExecuTorchRunner", "build_runner", "export_pte"]
@@ -55,6 +58,7 @@ class ExecuTorchConfig(Config):
             this many samples (activations of ``max_batch`` samples are allocated).
         path: Where to write the ``.pte`` file; by default a temporary file that the runner
             deletes when closed.
+        int8: Quantize with XNNPACK's quantizer before lowering (needs calibration inputs).
 
     Example:
         >>> ExecuTorchConfig().max_batch
@@ -65,6 +69,7 @@ class ExecuTorchConfig(Config):
     dynamic_batch: bool = True
     max_batch: int = Field(default=256, ge=1)
     path: Path | None = None
+    int8: bool = False
 
 
 def export_pte(
@@ -74,6 +79,7 @@ def export_pte(
     *,
     dynamic_batch: bool = True,
     max_batch: int = 256,
+    calibration: Tensor | None = None,
 ) -> tuple[Path, list[str]]:
     """Export ``model`` to an ExecuTorch ``.pte`` program with the XNNPACK delegate.
 
@@ -83,6 +89,9 @@ def export_pte(
         path: The ``.pte`` file to write (atomically).
         dynamic_batch: Make dim 0 dynamic, from 1 to ``max_batch``.
         max_batch: Upper bound of the batch (memory is planned for it).
+        calibration: Real input samples: when given, the model is quantized to int8 with
+            XNNPACK's PT2E quantizer (per-channel symmetric weights, activation ranges
+            observed on these samples) before lowering.
 
     Returns:
         The path, and the operators left outside the XNNPACK delegate (run by ExecuTorch's
@@ -92,6 +101,7 @@ def export_pte(
         MissingDependencyError: ExecuTorch is not installed.
         ConfigError: ``torch.export`` cannot capture the model, lowering fails, or the model
             uses an operator that this ExecuTorch runtime has no kernel for (named).
+        DataError: ``calibration`` is empty, not finite or not shaped like the example.
 
     Example:
         >>> from slimkit.models import create_model
@@ -110,6 +120,8 @@ def export_pte(
     batch = int(example_inputs.shape[0])
     if dynamic_batch and not 1 <= batch <= max(max_batch, 2):
         raise ConfigError(f"the example batch ({batch}) must be between 1 and max_batch.")
+    if calibration is not None:
+        _check_calibration(calibration, example_inputs)
     # The bound is at least 2: torch.export cannot make a dimension of at most 1 dynamic.
     bound = max(max_batch, 2)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=bound)},) if dynamic_batch else None
@@ -122,6 +134,8 @@ def export_pte(
                 f"torch.export cannot capture {type(model).__name__} for ExecuTorch: "
                 f"{_first_line(exc)}"
             ) from exc
+    if calibration is not None:
+        program = _quantized(program, example, dynamic, calibration, bound)
     ranges = dict(program.range_constraints)
     try:
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
@@ -137,6 +151,47 @@ def export_pte(
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         executorch_program.write_to_file(f)
     return target, fallback
+
+
+def _check_calibration(calibration: Tensor, example: Tensor) -> None:
+    if not isinstance(calibration, Tensor) or calibration.dim() == 0 or len(calibration) == 0:
+        raise DataError(
+            "int8 calibration needs real samples and got none: pass a few hundred inputs "
+            "shaped like the example batch."
+        )
+    if tuple(calibration.shape[1:]) != tuple(example.shape[1:]):
+        raise DataError(
+            f"calibration samples have shape {tuple(calibration.shape[1:])}, the model takes "
+            f"{tuple(example.shape[1:])} per sample: calibrate on the data the model runs on."
+        )
+    if calibration.is_floating_point() and not bool(torch.isfinite(calibration).all()):
+        raise DataError(
+            f"calibration samples hold {int((~torch.isfinite(calibration)).sum())} NaN or "
+            "infinite values; activation ranges would be meaningless. Clean the samples first."
+        )
+
+
+def _quantized(program: Any, example: Tensor, dynamic: Any, calibration: Tensor,
+               batch: int) -> Any:  # fmt: skip
+    """``program`` quantized by XNNPACK's PT2E quantizer and exported again."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
+    try:
+        observed = prepare_pt2e(program.module(), quantizer)
+        with torch.no_grad():
+            for start in range(0, len(calibration), batch):
+                observed(calibration[start : start + batch].float())
+        quantized = convert_pt2e(observed)
+        return torch.export.export(quantized, (example,), dynamic_shapes=dynamic)
+    except Exception as exc:
+        raise ConfigError(f"XNNPACK int8 quantization failed: {_first_line(exc)}") from exc
 
 
 @register_runner("executorch")
@@ -244,17 +299,25 @@ def build_runner(
     example_inputs: Tensor,
     onnx_path: Path | None,
     options: ExecuTorchConfig | dict[str, Any] | None = None,
+    calibration: Tensor | None = None,
 ) -> ExecuTorchRunner:
     """Export ``model`` to a ``.pte`` (XNNPACK) and open it, for backend selection.
 
-    ``onnx_path`` is not used: ExecuTorch starts from the PyTorch module.
+    ``onnx_path`` is not used: ExecuTorch starts from the PyTorch module. With ``options.int8``
+    the model is quantized first, calibrated on ``calibration``.
 
     Raises:
         MissingDependencyError: ExecuTorch is not installed (one line with the install command).
-        ConfigError: See :func:`export_pte`.
+        ConfigError: See :func:`export_pte`; ``int8`` without calibration inputs.
+        DataError: See :func:`export_pte`.
     """
     config = as_config(options, ExecuTorchConfig)
     require("executorch", "executorch", "the ExecuTorch backend")
+    if config.int8 and calibration is None:
+        raise ConfigError(
+            "ExecuTorch int8 needs calibration inputs (a few hundred real samples): pass "
+            "calibration=, or set int8: false."
+        )
     owned = config.path is None
     folder = Path(tempfile.mkdtemp(prefix="slimkit-et-")) if owned else None
     path = folder / "model.pte" if folder is not None else config.path
@@ -262,7 +325,8 @@ def build_runner(
     try:
         path, fallback = export_pte(model, example_inputs, path,
                                     dynamic_batch=config.dynamic_batch,
-                                    max_batch=config.max_batch)  # fmt: skip
+                                    max_batch=config.max_batch,
+                                    calibration=calibration if config.int8 else None)  # fmt: skip
         runner = ExecuTorchRunner(path, threads=config.threads)
     except BaseException:
         if folder is not None:

@@ -214,6 +214,7 @@ def compile_model(
     check_inputs: Tensor | None = None,
     check_labels: Tensor | None = None,
     lowered_onnx: str | os.PathLike[str] | None = None,
+    calibration_inputs: Tensor | None = None,
     workdir: str | os.PathLike[str] | None = None,
 ) -> CompileResult:
     """Apply the inference passes, build every backend, check and time them, keep the fastest.
@@ -227,6 +228,8 @@ def compile_model(
         check_labels: Labels of ``check_inputs`` (classification models).
         lowered_onnx: An already-lowered ONNX model (the int8 file of the ``quantize`` step),
             run by the ``*-int8`` backends.
+        calibration_inputs: Real training samples for the backends that quantize the model
+            themselves (``executorch-int8``); without them those backends are skipped.
         workdir: Where the artifacts go (default: a new temporary folder, kept).
 
     Returns:
@@ -243,7 +246,15 @@ def compile_model(
     with num_threads(config.threads):
         with torch.inference_mode():
             reference = fused(check_inputs).float()
-        runners, rows = _build_all(names, fused, example_inputs, folder, config, lowered_onnx)
+        ctx = BuildContext(
+            fused,
+            example_inputs,
+            folder,
+            config.threads,
+            lowered_onnx=Path(lowered_onnx) if lowered_onnx else None,
+            calibration=calibration_inputs,
+        )
+        runners, rows = _build_all(names, ctx, config)
         _check_all(runners, rows, reference, check_inputs, check_labels, config)
         fastest = _time_all(runners, rows, example_inputs, config)
     chosen = _choose(config, rows, fastest)
@@ -255,16 +266,9 @@ def compile_model(
 
 
 def _build_all(
-    names: list[str],
-    model: nn.Module,
-    example: Tensor,
-    folder: Path,
-    config: CompileConfig,
-    lowered_onnx: str | os.PathLike[str] | None,
+    names: list[str], ctx: BuildContext, config: CompileConfig
 ) -> tuple[dict[str, Runner], list[BackendRow]]:
-    ctx = BuildContext(
-        model, example, folder, config.threads, {}, Path(lowered_onnx) if lowered_onnx else None
-    )
+    example = ctx.example_inputs
     runners: dict[str, Runner] = {}
     rows = []
     for name in names:

@@ -35,6 +35,8 @@ class CompileStepConfig(CompileConfig):
     Attributes:
         check_samples: Test samples every backend's predictions are compared on (accuracy for
             int8/bf16 backends, max error for fp32 ones).
+        calibration_samples: Training samples given to the backends that quantize the model
+            themselves (``executorch-int8``).
 
     Example:
         >>> CompileStepConfig(backend="onnxruntime").check_samples
@@ -42,6 +44,7 @@ class CompileStepConfig(CompileConfig):
     """
 
     check_samples: Annotated[int, Field(ge=1)] = 2000
+    calibration_samples: Annotated[int, Field(ge=1)] = 512
 
 
 @register_step("compile", CompileStepConfig)
@@ -56,11 +59,12 @@ def compile_step(model: nn.Module, config: CompileStepConfig, ctx: StepContext) 
         model = ctx.models_before[-1][1]
     result = compile_model(
         model,
-        CompileConfig(**config.model_dump(exclude={"check_samples"})),
+        CompileConfig(**config.model_dump(exclude={"check_samples", "calibration_samples"})),
         ctx.data.test_inputs[:1],
         check_inputs=inputs,
         check_labels=labels,
         lowered_onnx=lowered.path if isinstance(lowered, OnnxRuntimeRunner) else None,
+        calibration_inputs=ctx.data.calibration_inputs(config.calibration_samples),
         workdir=ctx.step_dir / "compiled",
     )
     info = result.to_dict()
