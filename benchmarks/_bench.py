@@ -69,3 +69,29 @@ def _fmt(value: Any) -> str:
 
 if __name__ == "__main__":
     sys.exit("this module is imported by the benchmark scripts")
+
+
+TRAINED_RESNET = Path(".bench/fmnist_resnet_trained")
+
+
+def trained_resnet(
+    args: argparse.Namespace, data: Any, threads: int | None, quick: dict[str, Any] | None = None
+) -> Any:
+    """The trained fmnist_resnet: ``--trained FOLDER``, else its reference training.
+
+    A full (not ``--quick``) training is saved to ``.bench/fmnist_resnet_trained``, so the next
+    benchmark can take it with ``--trained``. ``quick`` overrides the training in quick runs.
+    """
+    from slimkit.models import create_model, model_info
+    from slimkit.serialize import load_model, save_model
+    from slimkit.train import TrainConfig, train
+
+    if args.trained is not None:
+        return load_model(args.trained)
+    defaults = model_info("fmnist_resnet").train_defaults
+    overrides = (quick or {"epochs": 1}) if args.quick else {}
+    config = TrainConfig(**{**defaults, "threads": threads, **overrides})
+    model = train(create_model("fmnist_resnet"), config, data).model
+    if not args.quick:
+        save_model(model, TRAINED_RESNET)
+    return model

@@ -19,20 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch
-from _bench import emit, parse_args
+from _bench import emit, parse_args, trained_resnet
 from torch import nn
 
-from slimkit.data import DataConfig, DataSplits, load_dataset, text_samples
+from slimkit.data import DataConfig, load_dataset, text_samples
 from slimkit.decompose import DecomposeConfig, decompose, decomposition_report
 from slimkit.measure import ProfileConfig, compare, time_interleaved
-from slimkit.models import create_model, model_info
-from slimkit.serialize import load_model, save_model
+from slimkit.models import create_model
 from slimkit.train import TrainConfig, train
 
 MIN_TUCKER = 2.5
@@ -117,7 +115,7 @@ def _fmnist_resnet(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     threads = os.cpu_count() or 1
     subset = DataConfig(train_subset=2000, test_subset=1000)
     data = load_dataset(subset if args.quick else DataConfig())
-    dense = _trained(args, data, threads)
+    dense = trained_resnet(args, data, threads)
     config = DecomposeConfig(target_macs=MACS_KEEP, gate_seconds=0.1 if args.quick else 0.3)
     small = decompose(dense, config, data.example_input(1), calib=data)
     kept = sum(1 for x in decomposition_report(small)["layers"] if x["kept"])
@@ -144,18 +142,6 @@ def _fmnist_resnet(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
              b64 >= MIN_B64_SPEEDUP),
     ]  # fmt: skip
     return rows, bars
-
-
-def _trained(args: argparse.Namespace, data: DataSplits, threads: int) -> nn.Module:
-    if args.trained is not None:
-        return load_model(args.trained)
-    defaults = model_info("fmnist_resnet").train_defaults
-    quick = {"epochs": 1} if args.quick else {}
-    config = TrainConfig(**{**defaults, "threads": threads, **quick})
-    model = train(create_model("fmnist_resnet"), config, data).model
-    if not args.quick:
-        save_model(model, Path(".bench/fmnist_resnet_trained"))
-    return model
 
 
 def _minilm_ffn(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:

@@ -9,21 +9,16 @@ faster at batch 64 than the unpruned one, timed interleaved in the same run (one
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _bench import emit, parse_args
-from torch import nn
+from _bench import emit, parse_args, trained_resnet
 
-from slimkit.data import DataConfig, DataSplits, load_dataset
+from slimkit.data import DataConfig, load_dataset
 from slimkit.measure import ProfileConfig, compare
-from slimkit.models import create_model, model_info
 from slimkit.prune import StructuredConfig, prune
-from slimkit.serialize import load_model, save_model
 from slimkit.train import TrainConfig, train
 
 MACS_KEEP = 0.5
@@ -37,7 +32,7 @@ def main() -> int:
     threads = os.cpu_count()
     subset = DataConfig(train_subset=2000, test_subset=1000)
     data = load_dataset(subset if args.quick else DataConfig())
-    dense = _trained(args, data, threads)
+    dense = trained_resnet(args, data, threads)
     rows, bars = [], []
     for importance in ("l2",) if args.quick else ("l2", "taylor"):
         config = StructuredConfig(importance=importance, target="macs", keep=MACS_KEEP, round_to=8)
@@ -66,18 +61,6 @@ def main() -> int:
              "measured": r["throughput_speedup"], "met": r["throughput_speedup"] >= MIN_SPEEDUP},
         ]  # fmt: skip
     return emit("prune_fmnist", args, rows, bars)
-
-
-def _trained(args: argparse.Namespace, data: DataSplits, threads: int) -> nn.Module:
-    if args.trained is not None:
-        return load_model(args.trained)
-    defaults = model_info("fmnist_resnet").train_defaults
-    quick = {"epochs": 1} if args.quick else {}
-    config = TrainConfig(**{**defaults, "threads": threads, **quick})
-    model = train(create_model("fmnist_resnet"), config, data).model
-    if not args.quick:
-        save_model(model, Path(".bench/fmnist_resnet_trained"))
-    return model
 
 
 def _timing(quick: bool) -> ProfileConfig:

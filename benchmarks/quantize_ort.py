@@ -31,22 +31,20 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch
-from _bench import emit, parse_args
+from _bench import emit, parse_args, trained_resnet
 from rich.console import Console
-from torch import Tensor, nn
+from torch import Tensor
 
 from slimkit.compile._onnx import export_onnx
-from slimkit.data import DataConfig, DataSplits, load_dataset, text_samples
+from slimkit.data import DataConfig, load_dataset, text_samples
 from slimkit.measure import ProfileConfig
-from slimkit.models import create_model, model_info
+from slimkit.models import create_model
 from slimkit.models._minilm import MINILM_SEQ, tokenize
 from slimkit.quantize._lowering import (
     Int8Selection,
     default_int8_candidates,
     int8_candidates,
 )
-from slimkit.serialize import load_model, save_model
-from slimkit.train import TrainConfig, train
 
 MAX_DROP = 0.003
 MAX_SIZE = 0.27
@@ -54,6 +52,9 @@ MIN_SPEEDUP_CNN = 2.0
 MIN_COSINE = 0.99
 MIN_SPEEDUP_MINILM = 1.8
 MINILM_SENTENCES = 512
+
+# Quick: one epoch at a smaller step and batch, which reaches about 70 % on 2,000 images.
+QUICK_TRAINING = {"epochs": 1, "lr": 0.05, "batch_size": 64}
 
 
 def main() -> int:
@@ -72,7 +73,7 @@ def main() -> int:
 def _resnet(args: argparse.Namespace, work: Path) -> tuple[list[dict], list[dict]]:
     subset = DataConfig(train_subset=2000, test_subset=1000)
     data = load_dataset(subset if args.quick else DataConfig())
-    model = _trained(args, data).eval()
+    model = trained_resnet(args, data, os.cpu_count(), QUICK_TRAINING).eval()
     fp32 = export_onnx(model, data.example_input(8), work / "resnet.onnx")
     labels = data.test_labels
 
@@ -170,19 +171,6 @@ def _rows(
 
 def _accuracy(logits: Tensor, labels: Tensor) -> float:
     return float((logits.argmax(-1) == labels).double().mean())
-
-
-def _trained(args: argparse.Namespace, data: DataSplits) -> nn.Module:
-    if args.trained is not None:
-        return load_model(args.trained)
-    defaults = model_info("fmnist_resnet").train_defaults
-    # Quick: one epoch at a smaller step and batch, which reaches about 70 % on 2,000 images.
-    quick = {"epochs": 1, "lr": 0.05, "batch_size": 64} if args.quick else {}
-    config = TrainConfig(**{**defaults, "threads": os.cpu_count(), **quick})
-    model = train(create_model("fmnist_resnet"), config, data).model
-    if not args.quick:
-        save_model(model, Path(".bench/fmnist_resnet_trained"))
-    return model
 
 
 if __name__ == "__main__":

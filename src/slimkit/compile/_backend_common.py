@@ -31,7 +31,9 @@ __all__ = [
 
 C = TypeVar("C", bound=Config)
 
-# ONNX initializer element types that hold weights (see slimkit.compile._ort).
+# ONNX initializer element types that hold weights: floats, int8/uint8 quantized weights and the
+# int32 biases of quantized convolutions (FLOAT, UINT8, INT8, INT32, FLOAT16, DOUBLE, BFLOAT16).
+# int64 initializers are shapes and indices, not weights.
 _WEIGHT_TYPES = {1, 2, 3, 6, 10, 11, 16}
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from slimkit._optional import require
+from slimkit.compile._backend_common import onnx_parameter_counts
 from slimkit.compile._onnx import onnx_input_dtype
 from slimkit.errors import ConfigError
 from slimkit.measure._runner import Runner, RunnerSpec, register_runner
@@ -32,10 +33,6 @@ _LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
-
-# Initializer element types that hold weights: floats, int8/uint8 quantized weights and the
-# int32 biases of quantized convolutions. int64 initializers are shapes and indices, not weights.
-_WEIGHT_TYPES = {1, 2, 3, 6, 10, 11, 16}  # FLOAT, UINT8, INT8, INT32, FLOAT16, DOUBLE, BFLOAT16
 
 
 @register_runner("onnxruntime")
@@ -123,21 +120,7 @@ class OnnxRuntimeRunner(Runner):
         Quantization parameters (``*_scale``, ``*_zero_point``), scalars and int64 shape
         constants are not counted.
         """
-        onnx = require("onnx", "onnx", "counting the parameters of an ONNX model")
-        numpy_helper = onnx.numpy_helper
-        model = onnx.load(str(self.path))
-        total = nonzero = 0
-        for init in model.graph.initializer:
-            if init.data_type not in _WEIGHT_TYPES or not init.dims:
-                continue
-            if init.name.endswith(("_scale", "_zero_point")):
-                continue
-            values = numpy_helper.to_array(init)
-            if values.size <= 1:
-                continue
-            total += int(values.size)
-            nonzero += int(np.count_nonzero(values))
-        return total, nonzero
+        return onnx_parameter_counts(self.path)
 
     def child_spec(self) -> RunnerSpec:
         payload = {
