@@ -31,17 +31,15 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch
-from _bench import emit
+from _bench import emit, trained_resnet
 from rich.console import Console
 
 from slimkit.compile import CompileConfig, CompileResult, compile_model, list_backends
 from slimkit.compile._onnx import export_onnx
 from slimkit.data import DataConfig, load_dataset, text_samples
-from slimkit.models import create_model, model_info
+from slimkit.models import create_model
 from slimkit.models._minilm import MINILM_SEQ, tokenize
 from slimkit.quantize import StaticInt8Options, int8_static_onnx
-from slimkit.serialize import load_model
-from slimkit.train import TrainConfig, train
 
 CNN_B1, CNN_BIG = 2.0, 1.5
 MINILM_B1, MINILM_BIG = 1.4, 1.5
@@ -73,19 +71,9 @@ def main() -> int:
     return emit("compile_backends", args, rows, bars)
 
 
-def _trained_resnet(args: argparse.Namespace, data: Any) -> torch.nn.Module:
-    if args.trained:
-        return load_model(args.trained).eval()
-    defaults = dict(model_info("fmnist_resnet").train_defaults)
-    if args.quick:
-        defaults["epochs"] = 1
-    config = TrainConfig(**defaults, threads=1)
-    return train(create_model("fmnist_resnet"), config, data).model.eval()
-
-
 def _resnet(args: argparse.Namespace, work: Path, rows: list, bars: list) -> None:
     data = load_dataset(DataConfig(name="fashion-mnist", train_subset=2000 if args.quick else None))
-    model = _trained_resnet(args, data)
+    model = trained_resnet(args, data, 1).eval()
     n = 1000 if args.quick else len(data.test_inputs)
     # The int8 model of the quantize step (its fastest format here) joins as a candidate.
     fp32 = export_onnx(model, data.example_input(4), work / "resnet.onnx")
@@ -160,7 +148,11 @@ def _minilm(args: argparse.Namespace, work: Path, rows: list, bars: list) -> Non
 
 def _tvm(args: argparse.Namespace, work: Path, rows: list, bars: list) -> None:
     data = load_dataset(DataConfig(name="fashion-mnist", train_subset=2000))
-    model = _trained_resnet(args, data) if args.trained else create_model("fmnist_resnet").eval()
+    model = (
+        trained_resnet(args, data, 1).eval()
+        if args.trained
+        else create_model("fmnist_resnet").eval()
+    )
     budget = 20.0 if args.quick else args.tvm_budget
     cache = work / "tvm-cache"
     common = {"batch_sizes": (1,), "max_seconds": 0.5 if args.quick else 3.0}
