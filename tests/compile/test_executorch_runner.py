@@ -125,6 +125,29 @@ def test_int8_needs_real_calibration_before_any_work() -> None:
     assert not Path("unused.pte").exists()
 
 
+class _FoldsBatchIntoRows(nn.Module):
+    """Arithmetic on the dynamic batch size, as transformers do (batch * tokens rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        return self.linear(x.reshape(batch * tokens, width)).reshape(batch, tokens, width)
+
+
+def test_arithmetic_on_symbolic_sizes_runs_as_executorch_prim_ops(tmp_path: Path) -> None:
+    net = _FoldsBatchIntoRows().eval()
+    path, fallback = export_pte(net, torch.randn(2, 4, 8), tmp_path / "rows.pte", max_batch=8)
+    assert "executorch_prim::mul.Scalar" in fallback  # not reported as a missing kernel
+    runner = ExecuTorchRunner(path)
+    x = torch.randn(5, 4, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(runner(x), net(x), atol=1e-5, rtol=0)
+    runner.close()
+
+
 class _Sorts(nn.Module):
     def __init__(self) -> None:
         super().__init__()

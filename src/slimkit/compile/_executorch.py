@@ -379,6 +379,9 @@ def _fallback_ops(program: Any) -> list[str]:
 
 
 def _op_name(target: Any) -> str:
+    # Python arithmetic on symbolic sizes (operator.mul on a dynamic batch, ...) is emitted as
+    # ExecuTorch's own prim ops; name it as the runtime registers it.
+    target = _symbolic_ops().get(target, target)
     # Edge ops print as "aten.add.Tensor"; the runtime registers "aten::add.Tensor".
     text = str(getattr(target, "_name", None) or target)
     if "::" in text:
@@ -387,6 +390,14 @@ def _op_name(target: Any) -> str:
     if len(parts) >= 2:
         return f"{parts[0]}::{'.'.join(parts[1:])}"
     return text
+
+
+def _symbolic_ops() -> dict[Any, Any]:
+    try:
+        from executorch.exir.passes import executorch_prim_ops_registry as prims
+    except ImportError:
+        return {}
+    return dict(getattr(prims, "_PYTHON_SYM_OPS_TO_EXECUTORCH_SYM_OPS", {}))
 
 
 def _check_kernels(ops: list[str]) -> None:
