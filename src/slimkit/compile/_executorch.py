@@ -54,8 +54,8 @@ class ExecuTorchConfig(Config):
     Attributes:
         threads: Size of ExecuTorch's (process-wide) thread pool while the runner runs.
         dynamic_batch: Export with a dynamic batch dimension (else the example's batch only).
-        max_batch: Largest batch the program accepts: ExecuTorch plans its memory ahead for
-            this many samples (activations of ``max_batch`` samples are allocated).
+        max_batch: Largest batch the program runs in one call: ExecuTorch plans its memory
+            ahead for this many samples; the runner splits larger batches into such chunks.
         path: Where to write the ``.pte`` file; by default a temporary file that the runner
             deletes when closed.
         int8: Quantize with XNNPACK's quantizer before lowering (needs calibration inputs).
@@ -203,7 +203,8 @@ class ExecuTorchRunner(Runner):
         threads: Size of ExecuTorch's process-wide thread pool for this runner's calls.
 
     Attributes:
-        max_batch: The largest batch the program accepts (its planned input size).
+        max_batch: The largest batch the program runs in one call (its planned input size);
+            larger batches are run in chunks of this size.
         fallback_ops: Operators outside the XNNPACK delegate (set by :func:`build_runner`;
             ``None`` when the runner was opened from a file).
 
@@ -245,11 +246,9 @@ class ExecuTorchRunner(Runner):
         if self._method is None:
             raise ConfigError(f"this runner of {self.path.name} was closed; open a new one.")
         if inputs.dim() and inputs.shape[0] > self.max_batch:
-            raise ConfigError(
-                f"{self.path.name} accepts batches of at most {self.max_batch} samples (its "
-                f"memory is planned for that), got {inputs.shape[0]}; export it with a "
-                "larger max_batch."
-            )
+            # The program's memory is planned for max_batch samples: larger batches run in
+            # chunks of that size (export with a larger max_batch to run them in one call).
+            return torch.cat([self(chunk) for chunk in inputs.split(self.max_batch)])
         self._set_threads()
         x = inputs.detach().cpu().contiguous()
         if x.dtype != torch.float32 and x.is_floating_point():
