@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from slimkit.compile._ort import OnnxRuntimeRunner
 from slimkit.data import DataSplits
-from slimkit.errors import DataError
+from slimkit.errors import ConfigError, DataError
 from slimkit.measure import ProfileConfig
 from slimkit.quantize._lowering import (
     DynamicInt8Options,
@@ -182,6 +182,13 @@ def test_dynamic_int8_builds_and_keeps_the_cnn_close(
     agreement = float((_predictions(resnet_onnx, x).argmax(1) == _predictions(path, x).argmax(1))
                       .float().mean())  # fmt: skip
     assert agreement >= 0.95
+
+
+def test_transformer_fusions_on_a_cnn_name_the_fix(resnet_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fused.onnx"
+    with pytest.raises(ConfigError, match="transformer_fusions=False"):
+        int8_dynamic_onnx(resnet_onnx, out, DynamicInt8Options(transformer_fusions=True))
+    assert not out.exists()
 
 
 def test_candidates_are_measured_and_the_best_passing_one_is_chosen(

@@ -152,6 +152,10 @@ class DynamicInt8Options(Config):
         op_types_to_quantize: Only these ONNX op types (e.g. ``("MatMul",)``); ``None``: all
             that ONNX Runtime quantizes dynamically (MatMul, Gemm, Attention, LSTM, ...).
         nodes_to_exclude: Node names kept in float.
+        transformer_fusions: Apply ONNX Runtime's transformer fusions first (fused Attention
+            with the padding mask as ``mask_index``, SkipLayerNormalization, BiasGelu), so that
+            the attention blocks' Q/K/V projections become int8 ``QAttention``; without them
+            only the other MatMuls are quantized. An error for a model no fusion matches.
         preprocess: Run ``quant_pre_process`` first.
         extra_options: Passed to ``quantize_dynamic`` last.
     """
@@ -161,6 +165,7 @@ class DynamicInt8Options(Config):
     reduce_range: bool | None = False
     op_types_to_quantize: tuple[str, ...] | None = None
     nodes_to_exclude: tuple[str, ...] = ()
+    transformer_fusions: bool = False
     preprocess: bool = True
     extra_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -450,9 +455,9 @@ def default_int8_candidates(fp32_onnx: str | os.PathLike[str]) -> list[Int8Candi
     """The int8 formats worth trying for this model: a CNN set or a transformer set.
 
     Models with integer inputs (token ids) or without convolutions get the transformer set
-    (dynamic per-channel, also MatMul-only, and per-tensor; static MatMul-only and static on
-    every op); the others
-    the CNN set (static U8S8 QDQ per-channel with and without 7-bit weights and per-tensor,
+    (dynamic per-channel, also MatMul-only, also after ONNX Runtime's transformer fusions for
+    token-id models, and per-tensor; static MatMul-only and static on every op); the others the
+    CNN set (static U8S8 QDQ per-channel with and without 7-bit weights and per-tensor,
     S8S8 QDQ, U8S8 QOperator, dynamic).
     """
     onnx = require("onnx", "onnx", "reading an ONNX model")
@@ -467,6 +472,10 @@ def default_int8_candidates(fp32_onnx: str | os.PathLike[str]) -> list[Int8Candi
                           "dynamic int8, per-channel weights (embeddings too)"),
             Int8Candidate("dynamic-pc-matmul", DynamicInt8Options(op_types_to_quantize=("MatMul",)),
                           "dynamic int8, per-channel weights, MatMul only (embeddings fp32)"),
+            *([Int8Candidate("dynamic-pc-fused", DynamicInt8Options(transformer_fusions=True),
+                             "ONNX Runtime's transformer fusions, then dynamic int8 per-channel "
+                             "(QAttention: the Q/K/V projections in int8 too)")]
+              if np.issubdtype(dtype, np.integer) else []),
             Int8Candidate("dynamic-pt", DynamicInt8Options(per_channel=False),
                           "dynamic int8, per-tensor weights"),
             Int8Candidate("static-u8s8-matmul",
@@ -580,12 +589,14 @@ def int8_candidates(
         path = out / f"{cand.name}.onnx"
         log(f"int8 candidate {cand.name}: quantizing ({cand.description or cand.kind})")
         start = time.perf_counter()
-        options = cand.options.model_copy(update={"preprocess": False})
+        # Fusions match the exported graph, not the pre-processed one: those start from source.
+        fused = getattr(cand.options, "transformer_fusions", False)
+        options = cand.options.model_copy(update={"preprocess": fused})
         try:
             if isinstance(options, StaticInt8Options):
                 int8_static_onnx(pre, calibration_inputs, path, options)
             else:
-                int8_dynamic_onnx(pre, path, options)
+                int8_dynamic_onnx(source if fused else pre, path, options)
             built.append((cand, path, time.perf_counter() - start, ""))
         except DataError:
             raise
@@ -725,7 +736,11 @@ def _quantizer_call(
     """
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as scratch:
         tmp = Path(scratch)
-        model_in = _preprocessed(source, tmp) if getattr(options, "preprocess", True) else source
+        model_in = source
+        if getattr(options, "transformer_fusions", False):
+            model_in = _transformer_fused(source, tmp)
+        if getattr(options, "preprocess", True):
+            model_in = _preprocessed(model_in, tmp)
         with atomic_path(out_path) as out:
             try:
                 yield model_in, tmp, out
@@ -734,6 +749,18 @@ def _quantizer_call(
                     f"ONNX Runtime's {kind} quantization of {source.name} failed with "
                     f"{options}: {type(exc).__name__}: {exc}"
                 ) from exc
+
+
+def _transformer_fused(source: Path, tmp_dir: Path) -> Path:
+    from slimkit.compile._ort_fusions import transformer_fused
+
+    fused = transformer_fused(source, tmp_dir / f"{source.stem}.fused.onnx")
+    if fused is None:
+        raise ConfigError(
+            f"none of ONNX Runtime's transformer fusions matches {source.name} (it needs token-id "
+            "inputs and attention blocks); quantize it with transformer_fusions=False."
+        )
+    return fused
 
 
 def _existing(path: str | os.PathLike[str]) -> Path:
