@@ -124,7 +124,7 @@ def _search_config(args: argparse.Namespace, threads: int, target: float) -> Sea
         strategy="nsga2", trials=12 if args.quick else 300, population=6 if args.quick else 40,
         objectives=("accuracy", "latency_ms"), max_latency_ms=target, evaluator="supernet",
         latency="table", latency_table=table, space_options=SPACE,
-        train_subset=768 if args.quick else 24_000, val_samples=500 if args.quick else 5000,
+        train_subset=768 if args.quick else 24_000, val_samples=500 if args.quick else 3000,
         supernet=SupernetConfig(
             train=TrainConfig(epochs=epochs, lr=0.1, label_smoothing=0.1, augment=False,
                               threads=threads),
