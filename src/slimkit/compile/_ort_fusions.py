@@ -78,8 +78,9 @@ def _with_mask_index(model: Any) -> Any | None:
                                  to=onnx.TensorProto.INT32, name=_MASK_NAME)  # fmt: skip
     position = next(i for i, n in enumerate(nodes) if n.output == not_node.output)
     nodes.insert(position + 1, cast)
+    targets = {tuple(n.output) for n in biased}  # the copies of exactly the nodes checked above
     for node in nodes:
-        if node.op_type == "Attention" and node.domain == _MS and _input(node, _BIAS):
+        if tuple(node.output) in targets:
             inputs = [*list(node.input)[:3], _MASK_NAME]
             del node.input[:]
             node.input.extend(inputs)
