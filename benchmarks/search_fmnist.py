@@ -20,9 +20,10 @@
     briefly; one worker is killed with SIGKILL mid-trial and restarted. On a journal file and on
     SQLite (heartbeats). Bars: every trial slot completed exactly once, the killed trial retried.
 
-Expected duration of the full run on the 2-core machine, otherwise idle: about 40 minutes
-(22 for (a), 7 more when fmnist_cnn is trained here, 8 for (b), 2 for (c)); with ``--trained
-.bench/fmnist_cnn_trained`` (from ``benchmarks/train_reference.py``) about 33. ``--parts`` runs
+Expected duration of the full run on the 2-core machine, otherwise idle: about an hour (24-28
+minutes for (a), 7 more when fmnist_cnn is trained here, 15-18 for (b) and 10 more for its
+supernet when (a) does not run, 2 for (c)); with ``--trained .bench/fmnist_cnn_trained`` (from
+``benchmarks/train_reference.py``) about 50. ``--parts`` runs
 some parts only; ``--quick`` is a single-threaded smoke run on a data subset (its numbers are not
 the bars).
 
