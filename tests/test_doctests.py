@@ -21,6 +21,7 @@ MODULES = [
     "slimkit.compile",
     "slimkit.compile._fuse",
     "slimkit.compile._passes",
+    "slimkit.compile._program",
     "slimkit.compile._backends",
     "slimkit.compile._select",
     "slimkit.compile._step",

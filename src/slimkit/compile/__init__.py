@@ -4,7 +4,9 @@
 norm folding, activation fusion, each checked numerically), builds the model on every available
 backend (PyTorch eager and ``torch.compile``, ONNX Runtime, OpenVINO, ExecuTorch, TVM),
 compares each one's outputs with PyTorch, times them all in one interleaved run at the batch
-sizes asked for, and keeps the fastest faithful one.
+sizes asked for, and keeps the fastest faithful one. :func:`export_onnx` and
+:func:`export_program` (a ``torch.export`` ``.pt2`` file) write checked exports with dynamic
+batch (and sequence) axes.
 
 Example:
     >>> import torch
@@ -40,6 +42,7 @@ from slimkit.compile._passes import (
     list_passes,
     remove_dropout,
 )
+from slimkit.compile._program import ProgramExportError, export_program
 from slimkit.compile._select import BackendRow, CompileConfig, CompileResult, compile_model
 from slimkit.compile._torch import TorchCompileRunner
 
@@ -58,12 +61,14 @@ __all__ = [
     "OnnxRuntimeRunner",
     "PassCheckError",
     "PassRecord",
+    "ProgramExportError",
     "TorchCompileRunner",
     "apply_passes",
     "backend_unavailable",
     "batchnorm_pairs",
     "compile_model",
     "export_onnx",
+    "export_program",
     "fold_batchnorm",
     "fuse_activations",
     "get_backend",

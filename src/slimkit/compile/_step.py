@@ -10,19 +10,24 @@ Example recipe::
 After ``quantize`` (int8 on ONNX Runtime), its int8 ONNX model joins the candidates as the
 ``*-int8`` backends, checked by accuracy on held-out test samples, and the float backends
 compile the float model from before ``quantize``. The step's model is the
-PyTorch model after the passes; the report measures the chosen backend's runner against PyTorch
-eager on the same model, and the step's info holds the whole backend table.
+PyTorch model after the passes, also written as ``compiled/model.pt2`` (a ``torch.export``
+program with a dynamic batch axis, for users who stay in PyTorch); the report measures the
+chosen backend's runner against PyTorch eager on the same model, and the step's info holds the
+whole backend table.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
 from slimkit.compile._ort import OnnxRuntimeRunner
+from slimkit.compile._program import ProgramExportError, export_program
 from slimkit.compile._select import CompileConfig, compile_model
+from slimkit.graph import CaptureError
 from slimkit.measure._runner import TorchEagerRunner
 from slimkit.recipe import StepContext, StepOutput, register_step
 
@@ -37,6 +42,9 @@ class CompileStepConfig(CompileConfig):
             int8/bf16 backends, max error for fp32 ones).
         calibration_samples: Training samples given to the backends that quantize the model
             themselves (``executorch-int8``).
+        write_program: Also write the PyTorch model as ``compiled/model.pt2``
+            (:func:`~slimkit.compile.export_program`); a model that ``torch.export`` cannot
+            capture gets the reason in the step's info instead.
 
     Example:
         >>> CompileStepConfig(backend="onnxruntime").check_samples
@@ -45,6 +53,10 @@ class CompileStepConfig(CompileConfig):
 
     check_samples: Annotated[int, Field(ge=1)] = 2000
     calibration_samples: Annotated[int, Field(ge=1)] = 512
+    write_program: bool = True
+
+
+_STEP_ONLY = {"check_samples", "calibration_samples", "write_program"}
 
 
 @register_step("compile", CompileStepConfig)
@@ -59,7 +71,7 @@ def compile_step(model: nn.Module, config: CompileStepConfig, ctx: StepContext) 
         model = ctx.models_before[-1][1]
     result = compile_model(
         model,
-        CompileConfig(**config.model_dump(exclude={"check_samples", "calibration_samples"})),
+        CompileConfig(**config.model_dump(exclude=_STEP_ONLY)),
         ctx.data.test_inputs[:1],
         check_inputs=inputs,
         check_labels=labels,
@@ -68,6 +80,16 @@ def compile_step(model: nn.Module, config: CompileStepConfig, ctx: StepContext) 
         workdir=ctx.step_dir / "compiled",
     )
     info = result.to_dict()
+    if config.write_program:
+        info["exported_program"] = _write_program(result.model, inputs[:2], result.workdir)
     return StepOutput(
         result.model, info, artifact=result.runner, reference=TorchEagerRunner(result.model)
     )
+
+
+def _write_program(model: nn.Module, inputs: Tensor, folder: Path) -> str:
+    """``model.pt2`` in ``folder``, or why it could not be written (the step goes on)."""
+    try:
+        return str(export_program(model, inputs, folder / "model.pt2"))
+    except (CaptureError, ProgramExportError) as exc:
+        return f"not written: {str(exc).splitlines()[0]}"

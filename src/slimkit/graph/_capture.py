@@ -39,8 +39,19 @@ class CapturedGraph:
         return self.program.graph
 
 
-def capture(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> CapturedGraph:
+def capture(
+    model: nn.Module,
+    example_inputs: Tensor | tuple[Tensor, ...],
+    dynamic_dims: tuple[int, ...] = (),
+) -> CapturedGraph:
     """Export ``model`` (in eval mode) on ``example_inputs`` and index its placeholders.
+
+    Args:
+        model: The module to capture; its train/eval mode is restored afterwards.
+        example_inputs: One tensor or a tuple of tensors, as ``forward`` takes them.
+        dynamic_dims: Dims of every input that stay symbolic in the graph (``0``: any batch
+            size); the others are specialized to the example's sizes. A dynamic dim needs an
+            example size of at least 2 (torch.export specializes sizes 0 and 1).
 
     Example:
         >>> import torch
@@ -58,7 +69,9 @@ def capture(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> Ca
         with warnings.catch_warnings():
             # nn.LSTM/GRU refresh their _flat_weights list in forward; export warns about it.
             warnings.filterwarnings("ignore", message=".*were assigned during export")
-            program = torch.export.export(model, args, strict=False)
+            program = torch.export.export(
+                model, args, strict=False, dynamic_shapes=_dynamic_shapes(args, dynamic_dims)
+            )
     except Exception as exc:
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__}: {type(exc).__name__}: "
@@ -71,3 +84,16 @@ def capture(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> Ca
     sig = program.graph_signature
     param_of_input = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     return CapturedGraph(program, param_of_input, tuple(sig.user_inputs))
+
+
+def _dynamic_shapes(args: tuple[Tensor, ...], dims: tuple[int, ...]) -> tuple | None:
+    if not dims:
+        return None
+    for x in args:
+        small = [d for d in dims if d >= x.dim() or x.shape[d] < 2]
+        if small:
+            raise ConfigError(
+                f"dynamic dims {list(dims)} need inputs with those dims of size >= 2, got an "
+                f"input of shape {tuple(x.shape)}; pass a larger example."
+            )
+    return tuple({d: torch.export.Dim.DYNAMIC for d in dims} for _ in args)
