@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from slimkit.cli import main
 from slimkit.data import DataConfig, load_dataset
 from slimkit.recipe import load_recipe, run_recipe
 
@@ -34,3 +36,15 @@ def test_compile_step_picks_a_backend_and_writes_the_program(tmp_path: Path) -> 
     images = load_dataset(DataConfig(name="fashion-mnist", test_subset=256)).test_inputs[:5]
     with torch.no_grad():
         assert (loaded(images) - run.model(images)).abs().max() < 1e-5
+
+
+def test_cli_compile_reports_the_table_and_writes_the_program(tmp_path: Path, capsys) -> None:
+    args = ["compile", "--model", "fmnist_tiny", "--candidates", "torch-eager,onnxruntime",
+            "--seconds", "0.1", "--check-samples", "256", "--out", str(tmp_path),
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {row["backend"] for row in out["backends"]} == {"torch-eager", "onnxruntime"}
+    assert out["exported_program"] == str(tmp_path / "model.pt2")
+    program = torch.export.load(tmp_path / "model.pt2").module()
+    assert program(torch.zeros(3, 1, 28, 28)).shape == (3, 10)

@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slimkit.compile import CompileConfig, compile_model
+    from slimkit.compile._program import write_program
     from slimkit.data import load_dataset
 
     config = CompileConfig(
@@ -58,10 +59,12 @@ def run(args: argparse.Namespace) -> int:
         check_labels=data.test_labels[:n],
         workdir=args.out,
     )
+    program = write_program(result.model, data.test_inputs[:2], result.workdir)
     with result.runner:
         if args.json:
-            print_json({"model": args.model, **result.to_dict()})
+            print_json({"model": args.model, **result.to_dict(), "exported_program": program})
         else:
             stdout.print(result.table())
             stdout.print(f"chosen: {result.backend}; artifacts in {result.workdir}")
+            stdout.print(f"PyTorch program (torch.export): {program}")
     return 0

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from slimkit._io import atomic_path
 from slimkit.compile._onnx import _check_inputs, _dynamic_axes, _widen
 from slimkit.errors import ConfigError, SlimkitError
-from slimkit.graph import capture
+from slimkit.graph import CaptureError, capture
 from slimkit.measure._runner import _as_tensor
 
 __all__ = ["ProgramExportError", "export_program"]
@@ -82,6 +82,14 @@ def export_program(
     with atomic_path(path) as tmp:
         torch.export.save(program, tmp)
     return Path(path)
+
+
+def write_program(model: nn.Module, example_inputs: Tensor, folder: Path) -> str:
+    """Write ``folder/model.pt2``; returns its path, or why not (the caller goes on without it)."""
+    try:
+        return str(export_program(model, example_inputs, folder / "model.pt2"))
+    except (CaptureError, ProgramExportError) as exc:
+        return f"not written: {str(exc).splitlines()[0]}"
 
 
 def _verify(

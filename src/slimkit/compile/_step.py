@@ -18,16 +18,14 @@ whole backend table.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
 from slimkit.compile._ort import OnnxRuntimeRunner
-from slimkit.compile._program import ProgramExportError, export_program
+from slimkit.compile._program import write_program
 from slimkit.compile._select import CompileConfig, compile_model
-from slimkit.graph import CaptureError
 from slimkit.measure._runner import TorchEagerRunner
 from slimkit.recipe import StepContext, StepOutput, register_step
 
@@ -81,15 +79,7 @@ def compile_step(model: nn.Module, config: CompileStepConfig, ctx: StepContext) 
     )
     info = result.to_dict()
     if config.write_program:
-        info["exported_program"] = _write_program(result.model, inputs[:2], result.workdir)
+        info["exported_program"] = write_program(result.model, inputs[:2], result.workdir)
     return StepOutput(
         result.model, info, artifact=result.runner, reference=TorchEagerRunner(result.model)
     )
-
-
-def _write_program(model: nn.Module, inputs: Tensor, folder: Path) -> str:
-    """``model.pt2`` in ``folder``, or why it could not be written (the step goes on)."""
-    try:
-        return str(export_program(model, inputs, folder / "model.pt2"))
-    except (CaptureError, ProgramExportError) as exc:
-        return f"not written: {str(exc).splitlines()[0]}"
