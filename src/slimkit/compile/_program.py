@@ -79,7 +79,7 @@ def export_program(
     axes = _dynamic_axes(example_inputs, dynamic_batch, dynamic_axes)
     program = capture(model, _widen(example_inputs, axes), tuple(axes)).program
     _verify(model, program.module(), _check_inputs(example_inputs, axes), atol, rtol)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, suffix=".tmp.pt2") as tmp:  # torch.export.save wants a .pt2 name
         torch.export.save(program, tmp)
     return Path(path)
 
