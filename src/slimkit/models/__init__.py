@@ -3,7 +3,7 @@
 Example:
     >>> import slimkit.models as models
     >>> models.list_models("fmnist_*")
-    ['fmnist_cnn', 'fmnist_resnet', 'fmnist_searched', 'fmnist_tiny']
+    ['fmnist_cnn', 'fmnist_resnet', 'fmnist_rnn', 'fmnist_searched', 'fmnist_tiny']
     >>> net = models.create_model("fmnist_tiny")
     >>> net.slimkit_spec.name
     'fmnist_tiny'

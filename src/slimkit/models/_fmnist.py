@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from slimkit.errors import ConfigError
 from slimkit.models._registry import register_model
 
 FMNIST_SHAPE = (1, 28, 28)
@@ -130,3 +132,29 @@ def fmnist_tiny(widths: Sequence[int] = (16, 32, 64), num_classes: int = 10) -> 
         prev = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(prev, num_classes)]
     return nn.Sequential(*layers)
+
+
+class RowReader(nn.Module):
+    """Reads an image row by row: each of its 28 rows is one time step of a recurrent layer."""
+
+    def __init__(self, rnn: nn.LSTM | nn.GRU, num_classes: int) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        rows = images.flatten(1, 2)  # [N, 1, 28, 28] -> [N, 28 steps, 28 features]
+        out, _ = self.rnn(rows)
+        return self.head(out[:, -1])
+
+
+@register_model(input_shape=FMNIST_SHAPE, num_classes=10)
+def fmnist_rnn(
+    cell: Literal["lstm", "gru"] = "lstm", hidden: int = 128, layers: int = 1, num_classes: int = 10
+) -> nn.Module:
+    """A recurrent classifier (LSTM or GRU over the image's rows): the toolkit's sequence model."""
+    if cell not in ("lstm", "gru"):
+        raise ConfigError(f"cell must be 'lstm' or 'gru', got {cell!r}.")
+    rnn_class = nn.LSTM if cell == "lstm" else nn.GRU
+    rnn = rnn_class(FMNIST_SHAPE[2], hidden, num_layers=layers, batch_first=True)
+    return RowReader(rnn, num_classes)
