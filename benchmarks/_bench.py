@@ -23,15 +23,27 @@ from slimkit.env import collect_env
 
 
 def parse_args(
-    description: str, argv: Sequence[str] | None = None, *, trained: bool = False
+    description: str,
+    argv: Sequence[str] | None = None,
+    *,
+    trained: bool = False,
+    parts: Sequence[str] = (),
 ) -> argparse.Namespace:
-    """``--quick`` and ``--out``; with ``trained``, also ``--trained FOLDER`` to skip training."""
+    """``--quick`` and ``--out``; with ``trained``, also ``--trained FOLDER`` to skip training;
+    with ``parts``, also ``--parts a,b`` (default all), parsed into a set."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="smoke run in under a minute")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
     if trained:
         parser.add_argument("--trained", type=Path, help="a trained model folder to start from")
-    return parser.parse_args(argv)
+    if parts:
+        parser.add_argument("--parts", default=",".join(parts), help="which parts to run")
+    args = parser.parse_args(argv)
+    if parts:
+        args.parts = set(args.parts.split(","))
+        if args.parts - set(parts):
+            parser.error(f"unknown parts {sorted(args.parts - set(parts))}; choose from {parts}")
+    return args
 
 
 def emit(

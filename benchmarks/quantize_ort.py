@@ -13,10 +13,15 @@ Bars (full run), for the chosen candidate:
 - all-MiniLM-L6-v2, sequence 128: mean embedding cosine to fp32 at least 0.99 on 512 real
   sentences, at least 1.8x the speed of ONNX Runtime fp32 at batch 1 and at batch 32.
 
+Also measured (no bar): a recurrent model, ``fmnist_rnn`` (an LSTM reading the image's 28 rows),
+trained here, with the transformer set of candidates: dynamic int8 turns its LSTM into
+``DynamicQuantizeLSTM``; accuracy, size and speed against fp32 ONNX Runtime.
+
 ``--quick`` trains one short epoch on 2,000 images, evaluates on 1,000 test images and 16 sentences,
 tries only dynamic int8 for MiniLM and times one call per round at batch 4 for MiniLM.
 
     python benchmarks/quantize_ort.py [--quick] [--out FILE] [--trained runs/x/model]
+        [--parts resnet,minilm,lstm]
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from slimkit.quantize._lowering import (
     default_int8_candidates,
     int8_candidates,
 )
+from slimkit.train import TrainConfig, train
 
 MAX_DROP = 0.003
 MAX_SIZE = 0.27
@@ -58,12 +64,13 @@ QUICK_TRAINING = {"epochs": 1, "lr": 0.05, "batch_size": 64}
 
 
 def main() -> int:
-    args = parse_args(__doc__, trained=True)
+    args = parse_args(__doc__, trained=True, parts=("resnet", "minilm", "lstm"))
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     bars: list[dict[str, Any]] = []
+    parts = {"resnet": _resnet, "minilm": _minilm, "lstm": _lstm}
     with tempfile.TemporaryDirectory(prefix="slimkit-quantize-ort-") as tmp:
-        for part in (_resnet, _minilm):
+        for part in (fn for name, fn in parts.items() if name in args.parts):
             r, b = part(args, Path(tmp))
             rows += r
             bars += b
@@ -137,6 +144,29 @@ def _minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict], list[dict
          "measured": big, "met": best is not None and big >= MIN_SPEEDUP_MINILM},
     ]  # fmt: skip
     return rows, bars
+
+
+def _lstm(args: argparse.Namespace, work: Path) -> tuple[list[dict], list[dict]]:
+    subset = DataConfig(train_subset=2000, test_subset=1000)
+    data = load_dataset(subset if args.quick else DataConfig(train_subset=20000))
+    config = TrainConfig(epochs=1 if args.quick else 3, lr=0.01, optimizer="adamw",
+                         batch_size=64, threads=os.cpu_count(), augment=False)  # fmt: skip
+    model = train(create_model("fmnist_rnn"), config, data).model.eval()
+    fp32 = export_onnx(model, data.example_input(8), work / "lstm.onnx")
+    labels = data.test_labels
+
+    def accuracy_delta(reference: Tensor, output: Tensor) -> float:
+        return _accuracy(output, labels) - _accuracy(reference, labels)
+
+    selection = int8_candidates(
+        fp32, data.calibration_inputs(128), data.test_inputs, work / "lstm-int8",
+        fidelity=accuracy_delta, min_fidelity=-MAX_DROP,
+        timing=_timing(args.quick, throughput_batch=64, max_seconds=2.0),
+    )  # fmt: skip
+    Console(width=160).print(selection.to_table())
+    with torch.inference_mode():
+        fp32_acc = _accuracy(model(data.test_inputs), labels)
+    return _rows("fmnist_rnn (lstm)", selection, accuracy=fp32_acc), []
 
 
 def _timing(quick: bool, *, throughput_batch: int, max_seconds: float) -> ProfileConfig:
