@@ -20,6 +20,7 @@ MODULES = [
     "slimkit.train._config",
     "slimkit.compile",
     "slimkit.compile._fuse",
+    "slimkit.compile._aoti",
     "slimkit.compile._passes",
     "slimkit.compile._program",
     "slimkit.compile._backends",

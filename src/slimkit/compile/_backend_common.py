@@ -8,6 +8,7 @@ recipe) or ``None`` (the defaults), and :func:`as_config` turns all three into t
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ __all__ = [
     "dynamic_batch_example",
     "files_size",
     "onnx_parameter_counts",
+    "remove_folder",
 ]
 
 C = TypeVar("C", bound=Config)
@@ -70,6 +72,12 @@ def dynamic_batch_example(example_inputs: Tensor) -> Tensor:
     if example_inputs.dim() and example_inputs.shape[0] == 1:
         return torch.cat([example_inputs, example_inputs])
     return example_inputs
+
+
+def remove_folder(folder: Path | None) -> None:
+    """Delete a runner's own scratch folder (``None``: it has none; a second call is harmless)."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_threads(threads: int) -> int:

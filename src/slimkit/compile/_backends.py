@@ -171,6 +171,18 @@ def _torch_compile(ctx: BuildContext) -> Runner:
 
 
 @register_backend(
+    "torch-aoti",
+    description="AOTInductor: compiled ahead of time into a .pt2 package (no Python guards), fp32",
+    unavailable=_no_cxx,
+)
+def _torch_aoti(ctx: BuildContext) -> Runner:
+    from slimkit.compile._aoti import build_runner
+
+    options = {"path": str(ctx.workdir / "model.aoti.pt2"), **ctx.options}
+    return build_runner(ctx.model, ctx.example_inputs, None, options)
+
+
+@register_backend(
     "onnxruntime",
     description="ONNX Runtime CPU, fp32, all graph optimizations (+ transformer fusions)",
     needs=("onnxruntime", "onnx"),

@@ -23,7 +23,6 @@ Two facts measured with executorch 1.5.1 and torch 2.14.1 shape this module:
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +36,12 @@ from torch import Tensor, nn
 from slimkit._io import atomic_path
 from slimkit._optional import require
 from slimkit._runtime import log
-from slimkit.compile._backend_common import as_config, check_threads, dynamic_batch_example
+from slimkit.compile._backend_common import (
+    as_config,
+    check_threads,
+    dynamic_batch_example,
+    remove_folder,
+)
 from slimkit.config import Config
 from slimkit.errors import ConfigError, DataError
 from slimkit.measure._runner import Runner, RunnerSpec, _as_tensor, register_runner
@@ -285,9 +289,8 @@ class ExecuTorchRunner(Runner):
     def close(self) -> None:
         self._method = None
         self._program = None
-        if self._owned_dir is not None:
-            shutil.rmtree(self._owned_dir, ignore_errors=True)
-            self._owned_dir = None
+        remove_folder(self._owned_dir)
+        self._owned_dir = None
 
     def __repr__(self) -> str:
         return f"ExecuTorchRunner({str(self.path)!r}, threads={self.threads})"
@@ -328,8 +331,7 @@ def build_runner(
                                     calibration=calibration if config.int8 else None)  # fmt: skip
         runner = ExecuTorchRunner(path, threads=config.threads)
     except BaseException:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        remove_folder(folder)
         raise
     if fallback:
         log(f"executorch: outside the XNNPACK delegate (portable kernels): {', '.join(fallback)}")

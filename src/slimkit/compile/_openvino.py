@@ -29,6 +29,7 @@ from slimkit.compile._backend_common import (
     dynamic_batch_example,
     files_size,
     onnx_parameter_counts,
+    remove_folder,
 )
 from slimkit.config import Config
 from slimkit.errors import ConfigError
@@ -258,9 +259,8 @@ class OpenVinoRunner(Runner):
     def close(self) -> None:
         self._request = None
         self.compiled = None
-        if self._owned_dir is not None:
-            shutil.rmtree(self._owned_dir, ignore_errors=True)
-            self._owned_dir = None
+        remove_folder(self._owned_dir)
+        self._owned_dir = None
 
     def __repr__(self) -> str:
         return (

@@ -58,6 +58,7 @@ from slimkit.compile._backend_common import (
     cache_root,
     check_threads,
     dynamic_batch_example,
+    remove_folder,
 )
 from slimkit.config import Config
 from slimkit.errors import ConfigError
@@ -300,9 +301,8 @@ class TvmRunner(Runner):
     def close(self) -> None:
         self._vms.clear()
         self._closed = True
-        if self._owned_dir is not None:
-            shutil.rmtree(self._owned_dir, ignore_errors=True)
-            self._owned_dir = None
+        remove_folder(self._owned_dir)
+        self._owned_dir = None
 
     def __repr__(self) -> str:
         return f"TvmRunner(batches={sorted(self.libraries)}, threads={self.threads})"
