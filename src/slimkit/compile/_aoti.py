@@ -4,10 +4,11 @@
 :func:`slimkit.graph.capture`, batch dimension dynamic) into C++ kernels with the weights frozen
 in; :class:`AotInductorRunner` loads the package with ``aoti_load_package`` and calls it without
 ``torch.compile``'s Python guards. It is the serving route for users who stay in PyTorch: a C++
-server loads the same file with ``AOTIModelPackageLoader``, no Python needed. Compiling takes
-about as long as ``torch.compile``'s first call (40 s for fmnist_resnet here); measured on that
-model, one thread, AVX2: 2.4x eager at batch 1 and 2.0x at batch 64, where ``torch.compile``
-gave 1.5x and 1.6x.
+server loads the same file with ``AOTIModelPackageLoader``, no Python needed. Measured here
+(one thread, AVX2, ``benchmarks/compile_backends.py``): on the trained fmnist_resnet after the
+fusion passes, 1.15x eager at batch 1 and 1.65x at batch 64 (``torch.compile``: 0.88x and
+1.64x; its guards cost more than they save at batch 1), 15 s to build; on the same model without
+the passes (batch norms in place), 2.4x and 2.0x.
 
 A package holds native code: load only packages you built or trust.
 """

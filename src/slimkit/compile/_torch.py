@@ -6,9 +6,10 @@ time is reported apart from the latency. A new batch size compiles again (once).
 
 Freezing (on by default) lets inductor treat the weights as constants: it folds them into the
 graph and prepacks them for oneDNN's matmul/convolution, which is where most of the gain over eager
-comes from on a CPU (all-MiniLM-L6-v2 at sequence length 128, one thread, AVX2: 1.36x eager at
-batch 1 and 1.19x at batch 32 frozen, 1.08x at both without). It is meant for a trained model
-that no longer changes: build a new runner after changing the weights.
+comes from on a CPU (all-MiniLM-L6-v2 at sequence length 128, one thread, AVX2: 1.25-1.36x
+eager at batch 1 frozen, 1.08x without; at batch 32 0.95-1.19x either way, within the noise).
+It is meant for a trained model that no longer changes: build a new runner after changing the
+weights.
 """
 
 from __future__ import annotations
