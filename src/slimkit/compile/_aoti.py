@@ -7,8 +7,7 @@ in; :class:`AotInductorRunner` loads the package with ``aoti_load_package`` and 
 server loads the same file with ``AOTIModelPackageLoader``, no Python needed. Measured here
 (one thread, AVX2, ``benchmarks/compile_backends.py``): on the trained fmnist_resnet after the
 fusion passes, 1.15x eager at batch 1 and 1.65x at batch 64 (``torch.compile``: 0.88x and
-1.64x; its guards cost more than they save at batch 1), 15 s to build; on the same model without
-the passes (batch norms in place), 2.4x and 2.0x.
+1.64x; its guards cost more than they save at batch 1), 15 s to build.
 
 A package holds native code: load only packages you built or trust.
 """
