@@ -88,13 +88,6 @@ class AotInductorRunner(Runner):
     def torch_module(self) -> nn.Module | None:
         return self._module
 
-    def parameter_counts(self) -> tuple[int, int]:
-        if self._module is None:
-            raise NotImplementedError(
-                "parameter counts of an AOTInductor package without its module"
-            )
-        return super().parameter_counts()
-
     def child_spec(self) -> RunnerSpec:
         return RunnerSpec(
             runner=self.name, module=__name__, payload={"path": str(self.path.resolve())}

@@ -272,11 +272,6 @@ class ExecuTorchRunner(Runner):
     def torch_module(self) -> nn.Module | None:
         return self._module
 
-    def parameter_counts(self) -> tuple[int, int]:
-        if self._module is None:
-            raise NotImplementedError("parameter counts of a .pte file without its module")
-        return super().parameter_counts()
-
     def child_spec(self) -> RunnerSpec:
         payload = {"path": str(self.path.resolve()), "threads": self.threads}
         return RunnerSpec(runner=self.name, module=__name__, payload=payload)

@@ -281,11 +281,6 @@ class TvmRunner(Runner):
     def torch_module(self) -> nn.Module | None:
         return self._module
 
-    def parameter_counts(self) -> tuple[int, int]:
-        if self._module is None:
-            raise NotImplementedError("parameter counts of a TVM library without its module")
-        return super().parameter_counts()
-
     def child_spec(self) -> RunnerSpec:
         payload = {
             "libraries": {b: str(p.resolve()) for b, p in self.libraries.items()},

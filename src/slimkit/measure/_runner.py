@@ -101,7 +101,8 @@ class Runner(abc.ABC):
         module = self.torch_module()
         if module is None:
             raise NotImplementedError(
-                f"{type(self).__name__} has no torch module; it must implement parameter_counts()."
+                f"{type(self).__name__} cannot count parameters without its module (opened from "
+                "a file alone); runners of weights in a file count them there instead."
             )
         return count_params(module)
 
