@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from slimkit._io import atomic_path
 from slimkit.compile._backend_common import as_config, dynamic_batch_example, remove_folder
 from slimkit.config import Config
 from slimkit.errors import ConfigError
@@ -127,14 +128,14 @@ def build_runner(
     folder = Path(tempfile.mkdtemp(prefix="slimkit-aoti-")) if owned else None
     path = folder / "model.aoti.pt2" if folder is not None else config.path
     assert path is not None
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         try:
-            torch._inductor.aoti_compile_and_package(
-                program,
-                package_path=str(path),
-                inductor_configs={"freezing": config.freezing},
-            )
+            with atomic_path(path, suffix=".tmp.pt2") as tmp:  # the packager wants a .pt2 name
+                torch._inductor.aoti_compile_and_package(
+                    program,
+                    package_path=str(tmp),
+                    inductor_configs={"freezing": config.freezing},
+                )
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ConfigError(
