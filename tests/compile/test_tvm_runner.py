@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from slimkit import env
 from slimkit.data import DataSplits
 from slimkit.errors import ConfigError, MissingDependencyError
 from slimkit.measure import get_runner
@@ -53,6 +54,28 @@ def test_host_target_is_llvm_for_this_cpu() -> None:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if "avx512f" not in flags:  # masked features are switched off, never used
         assert all(not f.startswith("+avx512") for f in target.get("mattr", []))
+
+
+def test_only_the_features_the_kernel_lacks_are_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel writes avx512_vnni and amx_tile where LLVM writes avx512vnni and amx-tile: a
+    # CPU that has VNNI must keep it (masking it once cost the int8 kernels their VNNI path).
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_tile\n")
+    monkeypatch.setattr(env, "_CPUINFO", cpuinfo)
+    masked = {f.removeprefix("-") for f in host_target().get("mattr", [])}
+    assert not masked & {"avx512f", "avx512vnni", "amx-tile"}
+    implied = {"avx512bf16", "avx512vbmi2", "amx-int8", "avxvnni"}  # when the CPU name implies them
+    assert all(f in masked for f in implied if f in _implied_features())
+
+
+def _implied_features() -> set[str]:
+    import tvm
+
+    mcpu = host_target()["mcpu"]
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    return set(tvm.target.codegen.llvm_get_cpu_features(target))
 
 
 def test_untuned_libraries_equal_pytorch_at_every_batch(

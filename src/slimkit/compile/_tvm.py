@@ -61,6 +61,7 @@ from slimkit.compile._backend_common import (
     remove_folder,
 )
 from slimkit.config import Config
+from slimkit.env import _read_cpuinfo
 from slimkit.errors import ConfigError
 from slimkit.measure._runner import Runner, RunnerSpec, register_runner
 
@@ -179,10 +180,10 @@ def host_target(threads: int = 1) -> dict[str, Any]:
     tvm = _tvm()
     mcpu = str(tvm.target.codegen.llvm_get_system_cpu())
     target: dict[str, Any] = {"kind": "llvm", "mcpu": mcpu, "num-cores": threads}
-    flags = _cpu_flags()
+    flags = {_feature_key(f) for f in _read_cpuinfo()[1]}
     if flags:
         implied = tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target(target))
-        masked = sorted(f for f in implied if _risky(f) and f.replace("-", "_") not in flags)
+        masked = sorted(f for f in implied if _risky(f) and _feature_key(f) not in flags)
         if masked:
             target["mattr"] = [f"-{f}" for f in masked]
     return target
@@ -768,15 +769,9 @@ def _set_runtime_threads(threads: int) -> None:
 _POOL_THREADS: int | None = None
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+def _feature_key(name: str) -> str:
+    # LLVM spells the kernel's avx512_vnni, avx_vnni and amx_tile as avx512vnni, avxvnni, amx-tile.
+    return name.replace("-", "").replace("_", "")
 
 
 def _risky(feature: str) -> bool:
