@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from slimkit._optional import is_available
@@ -166,6 +167,30 @@ def _torch_compile(ctx: BuildContext) -> Runner:
     from slimkit.compile._torch import TorchCompileRunner
 
     runner = TorchCompileRunner(ctx.model, **ctx.options)
+    runner.warm_up(ctx.example_inputs)
+    return runner
+
+
+def _no_native_bf16(ctx: BuildContext | None) -> str | None:
+    from slimkit.env import _has_flag, _read_cpuinfo
+
+    flags = _read_cpuinfo()[1]
+    if not (_has_flag("avx512_bf16", flags) or _has_flag("amx", flags)):
+        return "this CPU has no bf16 instructions (AVX-512 BF16 or AMX); emulated bf16 is slow"
+    return _no_cxx(ctx)
+
+
+@register_backend(
+    "torch-compile-bf16",
+    precision="bf16",
+    description="torch.compile (inductor) of the model in bfloat16, float32 in and out",
+    unavailable=_no_native_bf16,
+)
+def _torch_compile_bf16(ctx: BuildContext) -> Runner:
+    from slimkit.compile._torch import TorchCompileRunner
+    from slimkit.quantize._float import to_dtype
+
+    runner = TorchCompileRunner(to_dtype(ctx.model, torch.bfloat16), **ctx.options)
     runner.warm_up(ctx.example_inputs)
     return runner
 
