@@ -358,7 +358,7 @@ def _time_all(
             inputs,
             warmup=3,
             min_runs=10,
-            max_seconds=config.max_seconds * len(names),
+            max_seconds=config.max_seconds,
             rounds=4,
         )
         p50 = {}
