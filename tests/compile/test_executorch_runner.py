@@ -149,6 +149,28 @@ def test_arithmetic_on_symbolic_sizes_runs_as_executorch_prim_ops(tmp_path: Path
     runner.close()
 
 
+class _TokenClassifier(nn.Module):
+    """Integer token ids in, as a transformer takes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(50, 16)
+        self.linear = nn.Linear(16, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.embedding(ids).mean(1))
+
+
+def test_int8_calibrates_on_token_ids_as_integers(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = _TokenClassifier().eval()
+    ids = torch.randint(0, 50, (64, 12))
+    path, _ = export_pte(net, ids[:2], tmp_path / "tokens.pte", calibration=ids)
+    with ExecuTorchRunner(path) as runner, torch.inference_mode():
+        out, ref = runner(ids[:8]), net(ids[:8])
+    assert out.shape == (8, 4) and float((out - ref).abs().max()) < 0.1 * float(ref.abs().max())
+
+
 class _Sorts(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -191,7 +191,8 @@ def _quantized(program: Any, example: Tensor, dynamic: Any, calibration: Tensor,
         observed = prepare_pt2e(program.module(), quantizer)
         with torch.no_grad():
             for start in range(0, len(calibration), batch):
-                observed(calibration[start : start + batch].float())
+                # The example's dtype: float images, but integer token ids stay integers.
+                observed(calibration[start : start + batch].to(example.dtype))
         quantized = convert_pt2e(observed)
         return torch.export.export(quantized, (example,), dynamic_shapes=dynamic)
     except Exception as exc:
