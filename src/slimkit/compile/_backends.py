@@ -298,6 +298,33 @@ def _openvino_int8(ctx: BuildContext) -> Runner:
     return build_runner(ctx.model, ctx.example_inputs, ctx.lowered_onnx, _with_threads(ctx))
 
 
+def _no_calibration(ctx: BuildContext | None) -> str | None:
+    if ctx is not None and ctx.calibration is None:
+        return (
+            "no calibration inputs (pass compile_model(..., calibration_inputs=); the recipe "
+            "step passes training samples)"
+        )
+    return None
+
+
+@register_backend(
+    "openvino-nncf-int8",
+    precision="int8",
+    description="OpenVINO CPU plugin, int8 from NNCF (calibrated here; transformer preset for "
+    "transformers)",
+    needs=("openvino", "nncf"),
+    extra="openvino",
+    unavailable=_no_calibration,
+)
+def _openvino_nncf_int8(ctx: BuildContext) -> Runner:
+    from slimkit.compile._openvino import OpenVinoRunner, nncf_int8
+
+    assert ctx.calibration is not None  # checked by _no_calibration
+    xml = nncf_int8(ctx.fp32_onnx(), ctx.calibration, ctx.workdir / "model-nncf-int8.xml")
+    config = _with_threads(ctx)
+    return OpenVinoRunner(xml, threads=config["threads"], hint=config.get("hint", "latency"))
+
+
 @register_backend(
     "executorch",
     description="ExecuTorch with the XNNPACK delegate (a .pte file, the on-device route), fp32",
@@ -309,15 +336,6 @@ def _executorch(ctx: BuildContext) -> Runner:
 
     options = _with_threads(ctx, path=str(ctx.workdir / "model.pte"))
     return build_runner(ctx.model, ctx.example_inputs, None, options)
-
-
-def _no_calibration(ctx: BuildContext | None) -> str | None:
-    if ctx is not None and ctx.calibration is None:
-        return (
-            "no calibration inputs (pass compile_model(..., calibration_inputs=); the recipe "
-            "step passes training samples)"
-        )
-    return None
 
 
 @register_backend(
