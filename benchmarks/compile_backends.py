@@ -136,13 +136,16 @@ def _minilm(args: argparse.Namespace, work: Path, rows: list, bars: list) -> Non
         candidates=_without(("tvm", "onnxruntime-int8")),
         passes=("remove_dropout",), min_cosine=MIN_COS_BF16,
     )  # fmt: skip
-    result = compile_model(
-        model, config, ids[:1], check_inputs=ids, calibration_inputs=calibration,
-        workdir=work / "minilm",
-    )  # fmt: skip
-    result.runner.close()
-    _print(result)
-    rows += _rows("all_minilm_l6_v2", result)
+
+    def measure(config: CompileConfig, label: str, folder: str) -> CompileResult:
+        result = compile_model(model, config, ids[:1], check_inputs=ids,
+                               calibration_inputs=calibration, workdir=work / folder)  # fmt: skip
+        result.runner.close()
+        _print(result)
+        rows.extend(_rows(label, result))
+        return result
+
+    result = measure(config, "all_minilm_l6_v2", "minilm")
     chosen = [result.fastest[1], result.fastest[big]]
     for batch, target in ((1, MINILM_B1), (big, MINILM_BIG)):
         name = result.fastest[batch]
@@ -156,13 +159,7 @@ def _minilm(args: argparse.Namespace, work: Path, rows: list, bars: list) -> Non
     # int8 backends keep a cosine near 0.997, below the bf16 threshold: they get their own table,
     # at the int8 threshold of the quantization bars (no bar here).
     int8 = config.model_copy(update={"candidates": INT8_MINILM, "min_cosine": MIN_COS_INT8})
-    result = compile_model(
-        model, int8, ids[:1], check_inputs=ids, calibration_inputs=calibration,
-        workdir=work / "minilm-int8",
-    )  # fmt: skip
-    result.runner.close()
-    _print(result)
-    rows += _rows(f"all_minilm_l6_v2 (cosine >= {MIN_COS_INT8})", result)
+    measure(int8, f"all_minilm_l6_v2 (cosine >= {MIN_COS_INT8})", "minilm-int8")
 
 
 def _tvm(args: argparse.Namespace, work: Path, rows: list, bars: list) -> None:
