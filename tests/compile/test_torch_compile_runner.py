@@ -52,7 +52,10 @@ def test_bf16_backend_keeps_accuracy_or_says_why_it_cannot_run(
     trained_resnet: nn.Module, fmnist_small: DataSplits, tmp_path: Path
 ) -> None:
     config = CompileConfig(
-        candidates=("torch-eager", "torch-compile-bf16"), batch_sizes=(8,), max_seconds=0.1
+        candidates=("torch-eager", "torch-compile-bf16"),
+        batch_sizes=(8,),
+        max_seconds=0.1,
+        accuracy_tolerance=1.0,  # one image of the 500 is 0.2 point: the test asserts below
     )
     inputs, labels = fmnist_small.test_inputs[:500], fmnist_small.test_labels[:500]
     result = compile_model(
