@@ -4,10 +4,11 @@
 :func:`slimkit.graph.capture`, batch dimension dynamic) into C++ kernels with the weights frozen
 in; :class:`AotInductorRunner` loads the package with ``aoti_load_package`` and calls it without
 ``torch.compile``'s Python guards. It is the serving route for users who stay in PyTorch: a C++
-server loads the same file with ``AOTIModelPackageLoader``, no Python needed. Measured here
-(one thread, AVX2, ``benchmarks/compile_backends.py``): on the trained fmnist_resnet after the
-fusion passes, 1.15x eager at batch 1 and 1.65x at batch 64 (``torch.compile``: 0.88x and
-1.64x; its guards cost more than they save at batch 1), 15 s to build.
+server loads the same file with ``AOTIModelPackageLoader``, no Python needed. Measured with
+``benchmarks/compile_backends.py`` (one thread) on the trained fmnist_resnet after the fusion
+passes: on an AVX-512 EPYC 1.54x eager at batch 1 and 1.20x at batch 64 (``torch.compile``:
+1.29x and 1.17x), 6 s to build; on an AVX2 EPYC 1.15x and 1.65x (``torch.compile``: 0.88x and
+1.64x; its guards cost more than they save at batch 1).
 
 A package holds native code: load only packages you built or trust.
 """
