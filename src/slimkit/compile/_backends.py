@@ -317,12 +317,11 @@ def _no_calibration(ctx: BuildContext | None) -> str | None:
     unavailable=_no_calibration,
 )
 def _openvino_nncf_int8(ctx: BuildContext) -> Runner:
-    from slimkit.compile._openvino import OpenVinoRunner, nncf_int8
+    from slimkit.compile._openvino import build_runner, nncf_int8
 
     assert ctx.calibration is not None  # checked by _no_calibration
     xml = nncf_int8(ctx.fp32_onnx(), ctx.calibration, ctx.workdir / "model-nncf-int8.xml")
-    config = _with_threads(ctx)
-    return OpenVinoRunner(xml, threads=config["threads"], hint=config.get("hint", "latency"))
+    return build_runner(ctx.model, ctx.example_inputs, xml, _with_threads(ctx))
 
 
 @register_backend(

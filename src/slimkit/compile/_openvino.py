@@ -277,7 +277,8 @@ def build_runner(
 ) -> OpenVinoRunner:
     """The OpenVINO runner of ``model`` for backend selection.
 
-    Compiles ``onnx_path`` when given (``source: auto`` or ``onnx``), else converts ``model``.
+    Compiles ``onnx_path`` (an ``.onnx`` file, or an OpenVINO IR ``.xml``) when given
+    (``source: auto`` or ``onnx``), else converts ``model``.
 
     Raises:
         MissingDependencyError: OpenVINO is not installed (one line with the install command).
