@@ -10,7 +10,7 @@ from torch import nn
 
 from slimkit.compile import CompileConfig, compile_model
 from slimkit.data import DataSplits
-from slimkit.errors import ConfigError
+from slimkit.errors import DataError
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -40,12 +40,16 @@ def test_int8_ir_keeps_the_accuracy_and_holds_int8_weights(
 
 @pytest.mark.parametrize(
     ("samples", "message"),
-    [(torch.zeros(0, 1, 28, 28), "empty"), (torch.full((4, 1, 28, 28), float("nan")), "NaN")],
+    [
+        (torch.zeros(0, 1, 28, 28), "got none"),
+        (torch.zeros(4, 3, 28, 28), r"shape \(3, 28, 28\), the model takes \(1, 28, 28\)"),
+        (torch.full((4, 1, 28, 28), float("nan")), "NaN"),
+    ],
 )
 def test_bad_calibration_is_refused_before_any_work(
     resnet_onnx: Path, tmp_path: Path, samples: torch.Tensor, message: str
 ) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(DataError, match=message):
         nncf_int8(resnet_onnx, samples, tmp_path / "m.xml")
     assert not list(tmp_path.iterdir())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,11 +19,12 @@ from torch import Tensor
 
 from slimkit._optional import require
 from slimkit.config import Config
-from slimkit.errors import ConfigError
+from slimkit.errors import ConfigError, DataError
 
 __all__ = [
     "as_config",
     "cache_root",
+    "check_calibration",
     "check_threads",
     "dynamic_batch_example",
     "files_size",
@@ -123,3 +124,29 @@ def onnx_parameter_counts(path: Path) -> tuple[int, int]:
         total += int(values.size)
         nonzero += int(np.count_nonzero(values))
     return total, nonzero
+
+
+def check_calibration(calibration: Tensor, per_sample: Sequence[int | None]) -> None:
+    """Refuse calibration samples that would make int8 ranges meaningless, before any work.
+
+    ``per_sample`` is the model's input shape without the batch axis (``None``: a dynamic dim).
+    """
+    if not isinstance(calibration, Tensor) or calibration.dim() == 0 or len(calibration) == 0:
+        raise DataError(
+            "int8 calibration needs real samples and got none: pass a few hundred inputs "
+            "shaped like the example batch."
+        )
+    got = tuple(calibration.shape[1:])
+    if len(got) != len(per_sample) or any(
+        want is not None and want != dim for dim, want in zip(got, per_sample, strict=False)
+    ):
+        shown = tuple("?" if d is None else d for d in per_sample)
+        raise DataError(
+            f"calibration samples have shape {got}, the model takes {shown} per sample: "
+            "calibrate on the data the model runs on."
+        )
+    if calibration.is_floating_point() and not bool(torch.isfinite(calibration).all()):
+        raise DataError(
+            f"calibration samples hold {int((~torch.isfinite(calibration)).sum())} NaN or "
+            "infinite values; activation ranges would be meaningless. Clean the samples first."
+        )

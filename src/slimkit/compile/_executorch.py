@@ -38,12 +38,13 @@ from slimkit._optional import require
 from slimkit._runtime import log
 from slimkit.compile._backend_common import (
     as_config,
+    check_calibration,
     check_threads,
     dynamic_batch_example,
     remove_folder,
 )
 from slimkit.config import Config
-from slimkit.errors import ConfigError, DataError
+from slimkit.errors import ConfigError
 from slimkit.measure._runner import Runner, RunnerSpec, _as_tensor, register_runner
 
 __all__ = ["ExecuTorchConfig", "ExecuTorchRunner", "build_runner", "export_pte"]
@@ -125,7 +126,7 @@ def export_pte(
     if dynamic_batch and not 1 <= batch <= max(max_batch, 2):
         raise ConfigError(f"the example batch ({batch}) must be between 1 and max_batch.")
     if calibration is not None:
-        _check_calibration(calibration, example_inputs)
+        check_calibration(calibration, tuple(example_inputs.shape[1:]))
     # The bound is at least 2: torch.export cannot make a dimension of at most 1 dynamic.
     bound = max(max_batch, 2)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=bound)},) if dynamic_batch else None
@@ -155,24 +156,6 @@ def export_pte(
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         executorch_program.write_to_file(f)
     return target, fallback
-
-
-def _check_calibration(calibration: Tensor, example: Tensor) -> None:
-    if not isinstance(calibration, Tensor) or calibration.dim() == 0 or len(calibration) == 0:
-        raise DataError(
-            "int8 calibration needs real samples and got none: pass a few hundred inputs "
-            "shaped like the example batch."
-        )
-    if tuple(calibration.shape[1:]) != tuple(example.shape[1:]):
-        raise DataError(
-            f"calibration samples have shape {tuple(calibration.shape[1:])}, the model takes "
-            f"{tuple(example.shape[1:])} per sample: calibrate on the data the model runs on."
-        )
-    if calibration.is_floating_point() and not bool(torch.isfinite(calibration).all()):
-        raise DataError(
-            f"calibration samples hold {int((~torch.isfinite(calibration)).sum())} NaN or "
-            "infinite values; activation ranges would be meaningless. Clean the samples first."
-        )
 
 
 def _quantized(program: Any, example: Tensor, dynamic: Any, calibration: Tensor,

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from slimkit._optional import require
 from slimkit.compile._backend_common import (
     as_config,
+    check_calibration,
     check_threads,
     dynamic_batch_example,
     files_size,
@@ -329,7 +330,7 @@ def nncf_int8(
 
     Raises:
         MissingDependencyError: OpenVINO or NNCF is not installed.
-        ConfigError: No calibration samples, or NaN/inf in them.
+        DataError: No calibration samples, samples of another shape, or NaN/inf in them.
 
     Example:
         >>> xml = nncf_int8("model.onnx", samples[:300], "model-int8.xml")  # doctest: +SKIP
@@ -337,11 +338,9 @@ def nncf_int8(
     """
     ov = require("openvino", "openvino", "int8 with NNCF")
     nncf = require("nncf", "openvino", "int8 with NNCF")
-    if len(calibration_inputs) == 0:
-        raise ConfigError("nncf_int8 needs calibration samples; got an empty tensor.")
-    if calibration_inputs.is_floating_point() and not torch.isfinite(calibration_inputs).all():
-        raise ConfigError("the calibration samples contain NaN or inf; pass real, finite inputs.")
     model = _core().read_model(str(onnx_path))
+    dims = list(model.inputs[0].get_partial_shape())[1:]
+    check_calibration(calibration_inputs, [d.get_length() if d.is_static else None for d in dims])
     if transformer is None:
         kinds = {op.get_type_name() for op in model.get_ops()}
         transformer = bool(kinds & {"Softmax", "MVN", "LayerNormalization"})
